@@ -16,7 +16,7 @@ RANDOM = [shear, temporal_crop, random_rotate, aimclr_rotate, gaussian_noise, ga
 def gen(seed=0, device='cpu'): return torch.Generator(device=device).manual_seed(seed)
 
 def batch(N=4, C=3, T=20, V=25, M=2, seed=0, device='cpu'):
-    return torch.randn((N, C, T, V, M), generator=gen(seed), device=device)
+    return torch.randn((N, C, T, V, M), generator=gen(seed)).to(device)
 
 def bone_lengths(x):
     i, j = map(list, zip(*NTU25.bones))

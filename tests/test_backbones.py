@@ -131,38 +131,61 @@ def test_inductor_compile_on_cpu():
     y.square().mean().backward()
     assert time.time() - t0 < 300
 
-# GPU check: every model forward+backward under bf16 autocast and compiled, against fp32 eager.
-# Tolerances: compiled fp32 vs eager fp32 (TF32 off): outputs and gradients within rtol=atol=1e-3 of scale;
-# bf16 autocast (eager or compiled): relative L2 error of outputs and of the full gradient vector below 5e-2.
-def _run(model, x, dtype, compiled):
+# Precision check: every model forward+backward in float32 and under bf16 autocast, eager and compiled, against a
+# float64 eager reference of the same weights (TF32 off). The loss is a fixed random linear functional of the output.
+# Tolerances (relative L2 error of the output and of the full gradient vector, cosine of the gradients):
+# - float32, eager or compiled: outputs < 1e-4, gradients < 1e-2 (float32 eager measures ~1e-7 / 2e-4..2e-3 on CPU);
+# - bf16 autocast: outputs < 3e-2, gradients < 0.5 with cosine > 0.9 (measured on CPU: outputs 3e-3..1.6e-2,
+#   gradients 0.13-0.32, cosine 0.95-0.99). Gradient errors are large because every convolution here feeds a
+#   BatchNorm, whose backward removes the mean and the scale direction, so a weight's gradient is a small residual
+#   and bf16 rounding of the activations is amplified in it. A plain stack of ten Conv+BN+ReLU layers (no graph, no
+#   snipnb code) measures the same: float32 gradients 2.6e-3, bf16 0.26, with bf16 outputs at 2e-3.
+def _model(name, strides=(2, 5, 8)):
+    return build_localizer('agcn', num_classes=4, strides=strides) if name == 'localizer' else build_backbone(name, strides=strides)
+
+def _run(model, x, w, dtype, compiled):
     model.zero_grad(set_to_none=True)
     fn = torch.compile(model) if compiled else model
-    with torch.autocast('cuda', dtype=torch.bfloat16, enabled=dtype == 'bf16'):
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=dtype == 'bf16'):
         y = fn(x)
-        y = (y['embedding'] if isinstance(y, dict) else y).float()
-    y.square().mean().backward()
-    grads = torch.cat([p.grad.flatten().float() for p in model.parameters()])
-    return y.detach(), grads
+        y = (y['embedding'] if isinstance(y, dict) else y).to(x.dtype)
+    (y * w.to(x.dtype)).sum().backward()
+    return y.detach().double(), torch.cat([p.grad.flatten().double() for p in model.parameters()])
 
-def _rel(a, b): return float((a - b).norm() / b.norm().clamp_min(1e-12))
+def _rel(a, b): return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+def precision_errors(name, device, modes, N=8, T=64):
+    "{(dtype, compiled): (output rel err, gradient rel err, gradient cosine)} against float64 eager."
+    import copy
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    torch.manual_seed(0)
+    model = _model(name).to(device).train()
+    x = torch.randn(N, 3, T, 25, 2, device=device)
+    with torch.no_grad(): out = model(x)
+    w = torch.randn_like(out['embedding'] if isinstance(out, dict) else out)
+    y64, g64 = _run(copy.deepcopy(model).double(), x.double(), w, 'fp64', False)
+    errs = {}
+    for dtype, compiled in modes:
+        torch._dynamo.reset()
+        y, g = _run(model, x, w, dtype, compiled)
+        errs[dtype, compiled] = (_rel(y, y64), _rel(g, g64), float(torch.nn.functional.cosine_similarity(g, g64, dim=0)))
+        print(name, device, dtype, 'compiled' if compiled else 'eager', 'out %.2e grad %.2e cos %.4f' % errs[dtype, compiled])
+    return errs
+
+def check_precision(errs):
+    for (dtype, compiled), (out, grad, cos) in errs.items():
+        if dtype == 'fp32': assert out < 1e-4 and grad < 1e-2, (dtype, compiled, out, grad)
+        else: assert out < 3e-2 and grad < 0.5 and cos > 0.9, (dtype, compiled, out, grad, cos)
+
+@pytest.mark.parametrize('name', [*BACKBONES, 'localizer'])
+def test_cpu_fp32_and_bf16_match_float64(name):
+    check_precision(precision_errors(name, 'cpu', [('fp32', False), ('bf16', False)]))
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
 @pytest.mark.parametrize('name', [*BACKBONES, 'localizer'])
-def test_gpu_bf16_and_compiled_match_fp32(name):
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    torch.manual_seed(0)
-    model = (build_localizer('agcn', num_classes=4, strides=(2, 5, 8)) if name == 'localizer'
-             else build_backbone(name, strides=(2, 5, 8))).cuda().train()
-    x = torch.randn(8, 3, 64, 25, 2, device='cuda')
-    y_ref, g_ref = _run(model, x, 'fp32', False)
-    torch._dynamo.reset()
-    y, g = _run(model, x, 'fp32', True)
-    assert _rel(y, y_ref) < 1e-3 and _rel(g, g_ref) < 1e-3, (name, _rel(y, y_ref), _rel(g, g_ref))
-    for compiled in (False, True):
-        y, g = _run(model, x, 'bf16', compiled)
-        print(name, 'bf16 compiled' if compiled else 'bf16 eager', 'rel out', _rel(y, y_ref), 'rel grad', _rel(g, g_ref))
-        assert _rel(y, y_ref) < 5e-2 and _rel(g, g_ref) < 5e-2, (name, compiled, _rel(y, y_ref), _rel(g, g_ref))
+def test_gpu_bf16_and_compiled_match_float64(name):
+    check_precision(precision_errors(name, 'cuda', [(d, c) for d in ('fp32', 'bf16') for c in (False, True)]))
 
 def test_benchmark_notebook_runs_under_papermill(repo, tmp_path):
     import json
