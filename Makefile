@@ -9,7 +9,7 @@ BIN := $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_path("scripts
 # where `make run` writes its executed notebooks and artefacts
 OUT ?= outputs/run
 
-.PHONY: run test install install-dev torch export clean-nbs
+.PHONY: run test install install-dev torch chromium export clean-nbs
 
 torch:
 	@if $(PYTHON) -c 'import torch' 2>/dev/null; then \
@@ -35,8 +35,26 @@ run: install
 	@$(PYTHON) -c "import json; r = json.load(open('$(OUT)/localize/metrics.json')); w = max(map(len, r)); print('\n'.join(f'{k:>{w}}: {v}' for k, v in r.items()))"
 	@echo "executed notebooks and outputs are in $(OUT)/"
 
+# Chromium and chromedriver for tests/test_browser.py (exported HTML figures in a real browser), with
+# apt-get as root or through passwordless sudo; never fatal: without them the browser tests skip.
+# `apt-get update` only when the install fails without it (a fresh image has no package lists).
+CHROMIUM_PKGS ?= chromium chromium-driver fonts-liberation
+chromium:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then \
+		echo "chromium and chromedriver already installed"; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+		echo "NOTE: no chromium/chromedriver and no apt-get to install them: the browser tests will skip"; \
+	else \
+		if [ "$$(id -u)" = 0 ]; then sudo=""; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; \
+		else echo "NOTE: no chromium/chromedriver, and installing them needs root or passwordless sudo: the browser tests will skip"; exit 0; fi; \
+		install="$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(CHROMIUM_PKGS)"; \
+		echo "installing $(CHROMIUM_PKGS) with apt-get"; \
+		$$install || { $$sudo apt-get update -q && $$install; } || \
+			echo "NOTE: apt-get could not install $(CHROMIUM_PKGS): the browser tests will skip"; \
+	fi
+
 # Notebook tests (slow/gpu cells skip: no --flags), then pytest.
-test: install-dev
+test: install-dev chromium
 	$(BIN)/nbdev-test
 	$(PYTHON) -m pytest tests/
 

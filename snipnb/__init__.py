@@ -7,7 +7,7 @@ Docs: https://snipnb.github.io/snipnb/api.html.md"""
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/99_api.ipynb #65cf3ad9
+# %% ../nbs/99_api.ipynb #39533803
 __version__ = "0.1.0"
 from .config import get_settings, get_setting, get_device, shared_data_dir
 from .skeleton import Sequence, Layout, Graph, NTU25, COCO17, get_layout, normalize_skeleton
@@ -21,4 +21,5 @@ from .augment import get_augment
 from .contrastive import build_pretext
 from .train import Trainer, TrainConfig, pretrain, pretrained_backbone
 from . import metrics
-from .protocols import localize, fit_localizer, evaluate, predict_probs
+from .protocols import localize, fit_localizer, evaluate, predict_probs, load_localizer
+from .viz import skeleton_figure, timeline_figure, Explorer, save_html
