@@ -238,6 +238,9 @@ def _explore(repo, tmp_path, *params):
     for k, v in zip(params[::2], params[1::2]): args += ['-p', k, str(v)]
     run_tool('papermill', *args, cwd=tmp_path, env={'SNIPNB_CACHE_DIR': str(tmp_path/'cache')})
     names = sorted(p.name for p in out.iterdir())
+    nb = json.loads((tmp_path/'out.ipynb').read_text())
+    kinds = [k for c in nb['cells'] if c['cell_type'] == 'code' for o in c.get('outputs', []) for k in o.get('data', {})]
+    assert kinds.count('application/vnd.plotly.v1+json') >= 3      # the static figures are in the executed notebook
     for p in out.glob('*.html'):
         assert 'Plotly.newPlot' in p.read_text()[-2_000_000:]
     return out, names
