@@ -125,9 +125,10 @@ for (const [name, sel] of Object.entries(arguments[0])) r[name] = [...document.q
   const b = e.getBoundingClientRect(); return [b.x, b.y, b.width, b.height]; });
 r.__scale = window.devicePixelRatio; return r;"""
 
-def open_html(path, width=1000, height=800, wait_s=1.0, timeout_s=60, selectors=None, extra_args=()) -> PageResult:
+def open_html(path, width=1000, height=800, wait_s=1.0, timeout_s=60, selectors=None, extra_args=(), script=None) -> PageResult:
     """Open `path` in headless Chromium, wait until plotly has drawn (then `wait_s` more), and measure it.
-    `selectors` maps names to CSS selectors whose bounding boxes go into `boxes`; `extra_args` are more Chromium flags."""
+    `selectors` maps names to CSS selectors whose bounding boxes go into `boxes`; `extra_args` are more Chromium flags;
+    `script` is JavaScript run once the plot is ready, before measuring: it must call `done()` when finished."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     found = find_chromium()
@@ -151,6 +152,7 @@ def open_html(path, width=1000, height=800, wait_s=1.0, timeout_s=60, selectors=
             while time.monotonic() < deadline:
                 if driver.execute_script(_STATE_JS) == 'ready': ready = True; break
                 time.sleep(0.1)
+            if ready and script: driver.execute_async_script('const done = arguments[0]; ' + script)
             if ready:  # two animation frames: WebGL scenes draw on requestAnimationFrame
                 driver.execute_async_script('const done = arguments[0]; '
                                             'requestAnimationFrame(() => requestAnimationFrame(() => done()));')

@@ -61,6 +61,21 @@ def test_player_webgl_draws(player_html):
     assert res.stats().drawn(min_colours=100, min_fraction=0.1)
     assert 'play' in res.text and 'synth_s001_r00003' in res.text
 
+def test_player_animates_and_switches_camera(player_html):
+    "Stepping the animation and switching the camera preset redraw the scene without JavaScript errors."
+    first = open_html(player_html)
+    gd = "const gd = document.querySelector('.js-plotly-plot'); "
+    last = open_html(player_html, script=gd + "const f = gd._transitionData._frames; "
+                     "Plotly.animate(gd, [f[f.length - 1].name], {mode: 'immediate', frame: {duration: 0, redraw: true}, "
+                     "transition: {duration: 0}}).then(() => done());")
+    top = open_html(player_html, script=gd + "Plotly.relayout(gd, {'scene.camera': {eye: {x: 0, y: -0.25, z: 2.3}}})"
+                                             ".then(() => done());")
+    for res in (last, top): assert res.ready and res.errors == [] and webgl_problems(res) == []
+    box = max(first.canvases, key=lambda s: s.box[2] * s.box[3]).box
+    crop = lambda r: r.image[box[1]:box[1] + box[3], box[0]:box[0] + box[2]].astype(int)
+    for res in (last, top):                     # the skeleton moved on the screen
+        assert (np.abs(crop(res) - crop(first)).sum(-1) > 30).sum() > 200
+
 def test_timeline_draws(timeline_html, recording):
     res = open_html(timeline_html, selectors={'plots': '.bglayer .bg', 'bars': '.barlayer .point path',
                                               'heatmap': '.heatmaplayer image', 'cursor': '.shapelayer path'})

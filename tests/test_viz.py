@@ -9,7 +9,8 @@ from snipnb.synthetic import synthetic_recording
 from snipnb.backbones import smpl_layout
 from snipnb import viz
 from snipnb.viz import (skeleton_figure, timeline_figure, boundary_errors, set_cursor, loss_curves, read_history, ap_bars,
-                        embedding_figure, save_html, save_png, save_figures, Explorer, view_ranges, orient, bone_parts)
+                        embedding_figure, save_html, save_png, save_figures, Explorer, view_ranges, orient, bone_parts,
+                        handedness)
 
 @pytest.fixture(scope='module')
 def seq(): return synthetic_recording(3, subject=1)
@@ -63,6 +64,7 @@ def test_player_persons_values_and_errors(seq):
     assert all(v is None for v in fig.frames[0].data[2 * K - 1]['x'])          # person 2 absent at frame 0
     assert any(v is not None for v in fig.frames[20].data[2 * K - 1]['x'])
     np.testing.assert_allclose(fig.frames[20].data[K - 1].marker.color, vals[20, 0], atol=1e-4)
+    np.testing.assert_allclose(fig.frames[20].data[K - 1].customdata, vals[20, 0], atol=1e-4)   # hover values follow
     assert fig.data[K - 1].marker.showscale and fig.data[K - 1].marker.colorbar.title.text == 'importance'
     with pytest.raises(ValueError, match='values must be'): skeleton_figure(two, values=np.zeros(7))
     with pytest.raises(ValueError, match='unknown camera'): skeleton_figure(two, camera='fisheye')
@@ -84,6 +86,7 @@ def test_player_is_upright_for_y_up_and_z_up_data(seq):
         P = orient(j, NTU25)
         ok = (np.abs(j[:, 0, head]).sum(-1) > 0) & (np.abs(j[:, 0, foot]).sum(-1) > 0) & on
         assert (P[ok, 0, head, -1] > P[ok, 0, foot, -1]).all()
+        assert handedness(P) == handedness(j) != 0                         # rotated, never mirrored
 
 # ---- timeline ----------------------------------------------------------------------------------------------------
 
@@ -107,6 +110,8 @@ def test_timeline_lanes_heatmap_marks_and_cursor(seq):
     assert sum(t.name == 'ground truth' for t in bars) == len(seq.segments) == sum(t.name == 'predicted' for t in bars)
     heat = next(t for t in fig.data if isinstance(t, go.Heatmap))
     assert np.asarray(heat.z).shape == (K + 1, T) and heat.zmin == 0 and heat.zmax == 1
+    np.testing.assert_allclose(np.asarray(heat.z), probs.T, atol=1e-4)
+    assert list(heat.y) == list(seq.class_names) and fig.layout.yaxis2.autorange == 'reversed'   # lanes' order: low labels up
     marks = next(t for t in fig.data if t.name and t.name.startswith('boundary error'))
     red = [c == '#d62728' for c in marks.marker.color]
     assert sum(red) == len(seq.segments) and len(red) == 2 * len(seq.segments)   # starts red (8 > 5), ends green
@@ -117,6 +122,7 @@ def test_timeline_lanes_heatmap_marks_and_cursor(seq):
     shown = {l for l, *_ in seq.segments}
     assert list(fig.layout.yaxis.ticktext) == [seq.class_names[l] for l in sorted(shown)]
     with pytest.raises(ValueError, match='class_names has 2 names'): timeline_figure([(5, 0, 3)], class_names=['bg', 'a'])
+    with pytest.raises(ValueError, match='label 20 in the segments'): timeline_figure([(20, 0, 3)], probs=probs)
 
 # ---- plots -------------------------------------------------------------------------------------------------------
 
@@ -195,12 +201,22 @@ def checkpoint(tmp_path_factory):
                   warmup_epochs=0, max_steps=2, device='cpu', out_dir=out, progress=False)
     return out/'last.pt'
 
-def test_explorer_callbacks(checkpoint):
-    ex = Explorer({'synthetic': {'size': 'quick'}}, checkpoints=[checkpoint], device='cpu')
+@pytest.fixture(scope='module')
+def subset_checkpoint(tmp_path_factory):
+    "A localizer of the 4-class subset 1: its classes are not those of the whole synthetic corpus."
+    from snipnb.protocols import fit_localizer
+    out = tmp_path_factory.mktemp('loc4')
+    fit_localizer('synthetic', protocol='scratch', subset=1, corpus_options={'size': 'quick'}, epochs=1, clip_len=64,
+                  batch_size=8, warmup_epochs=0, max_steps=1, device='cpu', out_dir=out, progress=False)
+    return out/'last.pt'
+
+def test_explorer_callbacks(checkpoint, subset_checkpoint):
+    ex = Explorer({'synthetic': {'size': 'quick'}}, checkpoints=[checkpoint, subset_checkpoint], device='cpu')
     assert ex.checkpoint.value == str(checkpoint) and ex.split.value == 'test'
     assert ex.probs is not None and ex.probs.shape == (ex.seq.num_frames, 14)
-    assert any(isinstance(t, go.Heatmap) for t in ex.timeline.data) and any(t.name == 'predicted' for t in ex.timeline.data) \
-        or not ex.predictions
+    heat = [t for t in ex.timeline.data if isinstance(t, go.Heatmap)]
+    assert len(heat) == 1 and np.asarray(heat[0].z).shape == (14, ex.seq.num_frames)
+    assert sum(t.name == 'predicted' for t in ex.timeline.data) == len(ex.predictions)
     # scrub: the skeleton's joints become those of the new frame, the timeline's cursor follows
     ex.frame.value = 77
     P = orient(ex.seq.joints, NTU25)[77, 0]
@@ -220,12 +236,21 @@ def test_explorer_callbacks(checkpoint):
     ex.recording.value = ex.recording.options[2]
     assert ex.seq.name == ex.recording.options[2] != first and ex.frame.value == 0
     assert ex.frame.max == ex.seq.num_frames - 1 and ex.timeline.layout.title.text == ex.seq.name
+    # a checkpoint of other classes: refused with a clear message, nothing predicted
+    with pytest.raises(ValueError, match='predicts 4 classes .* but synthetic has 13'):
+        ex.checkpoint.value = str(subset_checkpoint)
+    assert ex.probs is None and ex.predictions is None and 'choose a checkpoint' in ex.status.value
+    assert not any(isinstance(t, go.Heatmap) for t in ex.timeline.data)
     # no checkpoint: only the truth
     ex.checkpoint.value = ''
     assert ex.probs is None and not any(isinstance(t, go.Heatmap) for t in ex.timeline.data)
     # another split
+    calls = []
+    on_recording = ex._on_recording
+    ex._on_recording = lambda change: (calls.append(change), on_recording(change))
     ex.split.value = 'train'
     assert list(ex.recording.options) == ex.corpus().split('train').names and ex.seq.name == ex.recording.options[0]
+    assert len(calls) == 1                                        # one redraw per change, not one per widget touched
     figs = ex.figures()
     assert set(figs) == {'player', 'timeline'} and len(figs['player'].frames) > 1
 
