@@ -15,7 +15,7 @@ go = pytest.importorskip('plotly.graph_objects')
 from plotly.subplots import make_subplots
 
 from snipnb.synthetic import synthetic_recording
-from snipnb.viz import skeleton_figure, timeline_figure, save_html, PART_COLORS
+from snipnb.viz import skeleton_figure, timeline_figure, linked_figure, save_html, PART_COLORS
 
 rgb = lambda h: tuple(int(h[i:i + 2], 16) for i in (1, 3, 5))
 LEFT_ARM_RGB, RIGHT_LEG_RGB, CURSOR_RGB = rgb(PART_COLORS['left_arm']), rgb(PART_COLORS['right_leg']), (0, 0, 0)
@@ -75,6 +75,18 @@ def test_player_animates_and_switches_camera(player_html):
     crop = lambda r: r.image[box[1]:box[1] + box[3], box[0]:box[0] + box[2]].astype(int)
     for res in (last, top):                     # the skeleton moved on the screen
         assert (np.abs(crop(res) - crop(first)).sum(-1) > 30).sum() > 200
+
+def test_linked_page_plays(tmp_path, recording):
+    "Player and timeline in one page: drawn, and stepping the animation (skeleton + cursor) raises no error."
+    probs = np.random.default_rng(1).dirichlet(np.ones(14), recording.num_frames).astype(np.float32)
+    page = save_html(linked_figure(recording, [(l, s, e, .9) for l, s, e in recording.segments], probs, max_frames=40),
+                     tmp_path/'linked.html')
+    res = open_html(page, width=1300, height=700, selectors={'cursor': '.shapelayer path'},
+                    script="const gd = document.querySelector('.js-plotly-plot'); const f = gd._transitionData._frames; "
+                           "Plotly.animate(gd, [f[20].name], {mode: 'immediate', frame: {duration: 0, redraw: true}, "
+                           "transition: {duration: 0}}).then(() => { window.cursorX = gd.layout.shapes[0].x0; done(); });")
+    assert res.ready and res.errors == [] and webgl_problems(res) == []
+    assert len(res.boxes['cursor']) == 1 and res.boxes['cursor'][0][0] > 700     # moved right, into the timeline
 
 def test_timeline_draws(timeline_html, recording):
     res = open_html(timeline_html, selectors={'plots': '.bglayer .bg', 'bars': '.barlayer .point path',

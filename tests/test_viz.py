@@ -124,6 +124,19 @@ def test_timeline_lanes_heatmap_marks_and_cursor(seq):
     with pytest.raises(ValueError, match='class_names has 2 names'): timeline_figure([(5, 0, 3)], class_names=['bg', 'a'])
     with pytest.raises(ValueError, match='label 20 in the segments'): timeline_figure([(20, 0, 3)], probs=probs)
 
+def test_linked_figure_moves_skeleton_and_cursor_together(seq):
+    probs = np.random.default_rng(0).dirichlet(np.ones(14), seq.num_frames).astype(np.float32)
+    fig = viz.linked_figure(seq, [(l, s, e, .9) for l, s, e in seq.segments], probs, max_frames=30, frame=120)
+    n, idx = fig.layout.meta['player_traces'], fig.layout.meta['frames']
+    assert n == len(bone_parts(NTU25)) + 1 and len(fig.frames) == len(idx)
+    alone = skeleton_figure(seq, max_frames=30)
+    for fr, ref in zip(fig.frames, alone.frames):
+        assert fr.traces == tuple(range(n)) and [s.x0 for s in fr.layout.shapes] == [int(fr.name)]
+        assert fr.data[n - 1].x == ref.data[n - 1].x                   # the same skeleton as the player alone
+    assert fig.layout.shapes[0].x0 == 120 and any(isinstance(t, go.Heatmap) for t in fig.data)
+    with pytest.raises(ValueError, match='3-D skeletons'):
+        viz.linked_figure(Sequence(np.ones((5, 1, 17, 2), np.float32), layout='coco17'))
+
 # ---- plots -------------------------------------------------------------------------------------------------------
 
 def test_loss_curves_from_a_training_log(tmp_path):
@@ -272,7 +285,7 @@ def _explore(repo, tmp_path, *params):
 
 def test_explore_notebook_on_synthetic_with_a_checkpoint(repo, tmp_path, checkpoint):
     out, names = _explore(repo, tmp_path, 'dataset', 'synthetic', 'checkpoint', checkpoint, 'recording', '1')
-    assert names == ['features.html', 'player.html', 'timeline.html']
+    assert names == ['features.html', 'linked.html', 'player.html', 'timeline.html']
     nb = json.loads((tmp_path/'out.ipynb').read_text())
     text = ''.join(''.join(o.get('text', '')) for c in nb['cells'] if c['cell_type'] == 'code' for o in c.get('outputs', []))
     assert 'matched' in text and 'false alarms' in text
@@ -281,5 +294,5 @@ def test_explore_notebook_on_synthetic_with_a_checkpoint(repo, tmp_path, checkpo
 @pytest.mark.parametrize('dataset,folder', [('ntu60', 'ntu_rgbd'), ('pkummd', 'pku_mmd')])
 def test_explore_notebook_on_real_samples(repo, tmp_path, shared_data, dataset, folder):
     out, names = _explore(repo, tmp_path, 'dataset', dataset, 'root', shared_data/folder)
-    assert names == ['features.html', 'player.html', 'timeline.html']
+    assert names == ['features.html', 'linked.html', 'player.html', 'timeline.html']
     assert '"persons":2' in (out/'player.html').read_text()[-3_000_000:]
