@@ -135,3 +135,64 @@ def test_detects_missing_webgl(player_html):
     res = open_html(player_html, extra_args=['--disable-webgl'])
     assert any(m in res.text for m in NO_WEBGL), res.text
     assert webgl_problems(res)
+
+def test_explorer_in_jupyterlab(tmp_path):
+    "The Explorer in a real JupyterLab page: it renders, and moving the slider runs the kernel's callbacks."
+    import json, os, socket, subprocess, sys, time
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from browser import CHROMIUM_FLAGS
+    source = ("from snipnb.viz import Explorer\nex = Explorer({'synthetic': {'size': 'quick'}})\n"
+              "ex.frame.observe(lambda ch: open('frame.txt', 'w').write(str(ch['new'])), 'value')\nex.widget")
+    (tmp_path/'t.ipynb').write_text(json.dumps({
+        'cells': [{'cell_type': 'code', 'metadata': {}, 'outputs': [], 'execution_count': None, 'source': source}],
+        'metadata': {'kernelspec': {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}},
+        'nbformat': 4, 'nbformat_minor': 5}))
+    with socket.socket() as s: s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]
+    log = open(tmp_path/'lab.log', 'w')
+    lab = subprocess.Popen([sys.executable, '-m', 'jupyter', 'lab', '--no-browser', f'--port={port}', '--ServerApp.ip=127.0.0.1',
+                            '--ServerApp.token=', '--ServerApp.password=', '--LabApp.expose_app_in_browser=True',
+                            f'--ServerApp.root_dir={tmp_path}', '--allow-root'],
+                           stdout=log, stderr=subprocess.STDOUT, env={**os.environ, 'SNIPNB_CACHE_DIR': str(tmp_path/'cache')})
+    driver = None
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try: socket.create_connection(('127.0.0.1', port), 1).close(); break
+            except OSError:
+                if time.monotonic() > deadline or lab.poll() is not None:
+                    pytest.fail(f"JupyterLab did not start:\n{(tmp_path/'lab.log').read_text()[-2000:]}")
+                time.sleep(0.5)
+        chrome, chromedriver = find_chromium()
+        opts = webdriver.ChromeOptions(); opts.binary_location = chrome
+        for a in [*CHROMIUM_FLAGS, f'--user-data-dir={tmp_path/"profile"}', '--window-size=1600,1200']: opts.add_argument(a)
+        opts.set_capability('goog:loggingPrefs', {'browser': 'ALL'})
+        driver = webdriver.Chrome(options=opts, service=Service(chromedriver))
+        driver.set_script_timeout(120)
+        driver.get(f'http://127.0.0.1:{port}/lab/tree/t.ipynb')
+        def wait(js, what, timeout=120):
+            end = time.monotonic() + timeout
+            while not driver.execute_script(js):
+                if time.monotonic() > end: pytest.fail(f'JupyterLab: {what} within {timeout} s')
+                time.sleep(0.5)
+        wait('return !!(window.jupyterapp && document.querySelector(".jp-Notebook .jp-Cell"))', 'no notebook shown')
+        time.sleep(5)                      # let the notebook's kernel start (execution requests queue behind it anyway)
+        driver.execute_async_script("const done = arguments[0]; window.jupyterapp.commands.execute('notebook:run-all-cells')"
+                                    ".then(() => done(), e => done(String(e)));")
+        wait('return document.querySelectorAll(".jp-OutputArea .js-plotly-plot").length >= 2', 'the explorer did not render')
+        time.sleep(2)
+        handle = driver.find_element(By.CSS_SELECTOR, '.widget-slider .noUi-handle')
+        handle.click()
+        for _ in range(5): handle.send_keys(Keys.ARROW_RIGHT); time.sleep(0.3)
+        wait('return Array.from(document.querySelectorAll(".jp-OutputArea .gtitle"))'
+             '.some(e => e.textContent.includes("frame 5 "))', "the player's title did not follow the slider", 30)
+        assert (tmp_path/'frame.txt').read_text() == '5'           # the kernel-side callback ran
+        assert [m for m in driver.get_log('browser') if m['level'] == 'SEVERE'] == []
+    finally:
+        if driver is not None: driver.quit()
+        lab.terminate()
+        try: lab.wait(20)
+        except subprocess.TimeoutExpired: lab.kill()
+        log.close()
