@@ -80,10 +80,17 @@ def test_protocol_models(tmp_path, monkeypatch):
                                      clip_len=32, batch_size=4, max_steps=3, warmup_epochs=0, device='cpu',
                                      out_dir=tmp_path/'lin', progress=False)
     assert all(torch.equal(m.backbone.state_dict()[k], v) for k, v in pre.items())
+    from snipnb.protocols import load_localizer, predict_probs
+    again = load_localizer(tmp_path/'lin'/'last.pt')                   # linear probe back from its checkpoint
+    assert isinstance(again, FrozenBackbone) and again.class_names == test.class_names
+    np.testing.assert_allclose(predict_probs(again, test[0], 32, device='cpu'), predict_probs(m, test[0], 32, device='cpu'), atol=1e-6)
     m, _, test = fit_localizer('synthetic', ck, 'knn', subset=1, corpus_options={'size': 'quick'}, clip_len=32,
                                device='cpu', out_dir=tmp_path/'knn', progress=False)
     row = metric_table(evaluate(m, test, window=32, device='cpu', progress=False))
     assert 0 <= row['mAP avg'] <= 1 and 0 <= row['accuracy'] <= 1
+    knn = load_localizer(tmp_path/'knn'/'last.pt')                     # the kNN bank comes back with it
+    assert isinstance(knn, KNNLocalizer) and torch.equal(knn.bank, m.bank.cpu()) and len(knn.bank) > 0
+    np.testing.assert_allclose(predict_probs(knn, test[0], 32, device='cpu'), predict_probs(m, test[0], 32, device='cpu'), atol=1e-5)
 
 def test_label_fraction_is_of_training_videos(tmp_path, monkeypatch):
     from snipnb.datasets import load_corpus
