@@ -176,17 +176,18 @@ def test_embedding_figure_pca_and_tsne():
 
 # ---- export ------------------------------------------------------------------------------------------------------
 
-def test_save_html_standalone_and_atomic(tmp_path, seq):
+def test_save_html_standalone_and_atomic(tmp_path, seq, monkeypatch):
     fig = skeleton_figure(seq, max_frames=10)
     p = save_html(fig, tmp_path/'a'/'player.html')
     html = p.read_text()
     assert 'Plotly.newPlot' in html and '<script src="http' not in html and len(html) > 1_000_000
     q = save_html(fig, tmp_path/'b'/'player.html', plotlyjs='directory')
     assert (tmp_path/'b'/'plotly.min.js').stat().st_size > 1_000_000 and q.stat().st_size < p.stat().st_size / 2
-    class Broken(go.Figure):
-        def write_html(self, file, **kw):
-            Path(file).write_text('<html>half'); raise OSError('disk full')
-    with pytest.raises(OSError, match='disk full'): save_html(Broken(), tmp_path/'c'/'x.html')
+    import snipnb.formats
+    def full(*a): raise OSError('disk full')                          # the write fails after the temporary file exists
+    monkeypatch.setattr(snipnb.formats.os, 'replace', full)
+    with pytest.raises(OSError, match='disk full'): save_html(fig, tmp_path/'c'/'x.html')
+    monkeypatch.undo()
     assert list((tmp_path/'c').iterdir()) == []                     # nothing half-written left behind
     with pytest.raises(ValueError, match='plotlyjs'): save_html(fig, tmp_path/'x.html', plotlyjs='cdn')
 
