@@ -348,13 +348,16 @@ def compose(*steps, name:str='') -> Augment:
 AUGMENT_PRESETS = {
     'none': (),
     'skeletonclr': (step(temporal_crop, padding_ratio=6), step(shear, amplitude=0.5)),
-    'aimclr_extreme': (step(temporal_crop, padding_ratio=6), step(shear, amplitude=0.5),
-                       step(gaussian_noise, std=0.01, p=0.5), step(gaussian_blur, kernel_size=15, sigma=(0.1, 2.0), p=0.5),
-                       step(zero_axis, p=0.5)),
+    'strong': (step(temporal_crop, padding_ratio=6), step(shear, amplitude=0.5),
+               step(gaussian_noise, std=0.01, p=0.5), step(gaussian_blur, kernel_size=15, sigma=(0.1, 2.0), p=0.5),
+               step(zero_axis, p=0.5)),
     'aimclr': (step(temporal_crop, padding_ratio=6), step(shear, amplitude=0.5), step(spatial_flip, p=0.5),
                step(aimclr_rotate), step(gaussian_noise, std=0.01, p=0.5),
                step(gaussian_blur, kernel_size=15, sigma=(0.1, 2.0), p=0.5), step(zero_axis, p=0.5)),
 }
+AUGMENT_PRESETS['aimclr_extreme'] = AUGMENT_PRESETS['strong']   # the earlier name of the same pipeline
+AUGMENT_PRESETS['aimclr_official'] = tuple(step(spatial_flip, p=0.5, lateral_axis=None) if s.fn is spatial_flip else s
+                                           for s in AUGMENT_PRESETS['aimclr'])   # AimCLR's flip swaps joints only
 
 def get_augment(name:str|Augment, # a preset name (`AUGMENT_PRESETS`) or an `Augment`
                ) -> Augment:

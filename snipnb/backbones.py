@@ -258,7 +258,7 @@ def fold(self:SkeletonBackbone, x:Tensor) -> Tensor:
 def forward(self:SkeletonBackbone,
             x:Tensor, # (N, C, T, V, M) skeleton batch
             blocks=None, # 1-based block numbers whose features to return; None: all
-           ) -> dict: # {'features': {block: (N, C_s, T_s, V)}, 'embedding': (N, C_last)}
+           ) -> dict: # {'features': {block: (N, C_s, T_s, V)}, 'embedding': (N, C_last), 'persons': (N, M, C_last, T', V)}
     N, M = x.shape[0], x.shape[-1]
     wanted = range(1, self.num_blocks + 1) if blocks is None else blocks
     for b in wanted:
@@ -268,7 +268,7 @@ def forward(self:SkeletonBackbone,
         x = block(x, self.A)
         if i in wanted: features[i] = x.view(N, M, *x.shape[1:]).mean(1)
     embedding = x.mean((2, 3)).view(N, M, -1).mean(1)
-    return {'features': features, 'embedding': embedding}
+    return {'features': features, 'embedding': embedding, 'persons': x.view(N, M, *x.shape[1:])}
 
 # %% ../nbs/05_backbones.ipynb #d6e231ab
 STANDARD_CHANNELS = (64, 64, 64, 64, 128, 128, 128, 256, 256, 256)

@@ -11,7 +11,7 @@ import torch.distributed as dist
 from .train import pretrain, is_main_process
 
 # %% auto #0
-__all__ = ['pretrain_parser', 'main']
+__all__ = ['pretrain_parser', 'pretrain_arguments', 'main']
 
 # %% ../nbs/10_cli.ipynb #53fc7082
 def _none_or(type_):
@@ -19,33 +19,49 @@ def _none_or(type_):
 
 def pretrain_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='python -m snipnb.cli', description='Self-supervised pretraining (snipnb)')
-    p.add_argument('--dataset', default='synthetic'); p.add_argument('--method', default='rvtclr')
-    p.add_argument('--backbone', default='stgcn16')
-    p.add_argument('--snippet', action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument('--snippet-weight', type=float, default=1.5); p.add_argument('--t-grid', type=_none_or(int), default=None)
+    p.add_argument('--dataset', default='synthetic'); p.add_argument('--method', default='snipclr')
+    p.add_argument('--preset', default='light', help="'light', 'official' or 'snipnb': model and recipe")
+    p.add_argument('--backbone', default=None, help="default: the preset's")
+    p.add_argument('--strides', type=int, nargs='+', default=None, help='1-based blocks with temporal stride 2')
+    p.add_argument('--data-bn', type=_none_or(str), default='preset', help="'vc', 'mvc' or 'none'")
+    p.add_argument('--graph', default=None, help="'spatial', 'agcn' or 'agcn_raw'")
+    p.add_argument('--snippet', action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument('--snippet-weight', type=float, default=None); p.add_argument('--t-grid', type=int, default=None)
     p.add_argument('--size', default=None, help="synthetic corpus size ('quick', 'default' or a number)")
-    p.add_argument('--queue-size', type=int, default=32768); p.add_argument('--mining-epoch', type=_none_or(int), default=None)
-    for name, typ, default in [('epochs', int, 10), ('batch-size', int, 128), ('clip-len', int, 150), ('lr', float, 0.1),
-                               ('seed', int, 0), ('warmup-epochs', float, 0.), ('weight-decay', float, 1e-4)]:
-        p.add_argument(f'--{name}', type=typ, default=default)
-    p.add_argument('--steps', type=int, nargs='*', default=[]); p.add_argument('--optimizer', default='sgd')
-    p.add_argument('--max-steps', type=_none_or(int), default=None, help='at most this many batches per epoch')
-    p.add_argument('--checkpoint-every-steps', type=_none_or(int), default=None, help='also checkpoint every this many steps')
+    p.add_argument('--queue-size', type=int, default=None); p.add_argument('--mining-epoch', type=int, default=None)
+    p.add_argument('--no-mining', action='store_true', help='no nearest-neighbour mining, whatever the preset says')
+    for name, typ in [('epochs', int), ('batch-size', int), ('clip-len', int), ('lr', float), ('seed', int),
+                      ('warmup-epochs', float), ('weight-decay', float), ('lr-rule', str)]:
+        p.add_argument(f'--{name}', type=typ, default=None)
+    p.add_argument('--steps', type=int, nargs='*', default=None); p.add_argument('--optimizer', default=None)
+    p.add_argument('--max-steps', type=int, default=None, help='at most this many batches per epoch')
+    p.add_argument('--checkpoint-every-steps', type=int, default=None, help='also checkpoint every this many steps')
     p.add_argument('--device', default=None); p.add_argument('--out-dir', default=None)
     p.add_argument('--compile', action='store_true'); p.add_argument('--resume', action='store_true')
     p.add_argument('--no-progress', action='store_true')
     return p
 
+def _given(**kw) -> dict: return {k: v for k, v in kw.items() if v is not None}
+
+def pretrain_arguments(a:argparse.Namespace) -> dict:
+    "`pretrain` keyword arguments from parsed options: only what was given, the preset fills in the rest."
+    size = a.size if a.size is None or not a.size.isdigit() else int(a.size)
+    backbone = _given(strides=a.strides, graph=a.graph)
+    if a.data_bn != 'preset': backbone['data_bn'] = a.data_bn
+    pretext = _given(queue_size=a.queue_size, mining_epoch=a.mining_epoch)
+    if a.no_mining: pretext['mining_epoch'] = None
+    train = _given(epochs=a.epochs, batch_size=a.batch_size, clip_len=a.clip_len, lr=a.lr, seed=a.seed,
+                   warmup_epochs=a.warmup_epochs, weight_decay=a.weight_decay, lr_rule=a.lr_rule, optimizer=a.optimizer,
+                   steps=tuple(a.steps) if a.steps is not None else None, device=a.device, max_steps=a.max_steps,
+                   checkpoint_every_steps=a.checkpoint_every_steps)
+    return dict(dataset=a.dataset, method=a.method, backbone=a.backbone, snippet=a.snippet, snippet_weight=a.snippet_weight,
+                t_grid=a.t_grid, preset=a.preset, out_dir=a.out_dir, resume=a.resume,
+                corpus_options={'size': size} if size else None, pretext_options=pretext, backbone_options=backbone,
+                progress=not a.no_progress, compile=a.compile, **train)
+
 def main(argv=None):
     "Entry point of `python -m snipnb.cli` / `torchrun --standalone --nproc_per_node N -m snipnb.cli`."
-    a = pretrain_parser().parse_args(argv)
-    size = a.size if a.size is None or not a.size.isdigit() else int(a.size)
-    tr = pretrain(a.dataset, a.method, a.backbone, snippet=a.snippet, snippet_weight=a.snippet_weight, t_grid=a.t_grid,
-                  out_dir=a.out_dir, resume=a.resume, corpus_options={'size': size} if size else None,
-                  pretext_options={'queue_size': a.queue_size, 'mining_epoch': a.mining_epoch}, progress=not a.no_progress,
-                  epochs=a.epochs, batch_size=a.batch_size, clip_len=a.clip_len, lr=a.lr, seed=a.seed, steps=tuple(a.steps),
-                  warmup_epochs=a.warmup_epochs, weight_decay=a.weight_decay, optimizer=a.optimizer, device=a.device,
-                  compile=a.compile, max_steps=a.max_steps, checkpoint_every_steps=a.checkpoint_every_steps)
+    tr = pretrain(**pretrain_arguments(pretrain_parser().parse_args(argv)))
     if is_main_process(): print(f"checkpoint: {tr.checkpoint_path}")
     if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
     return tr

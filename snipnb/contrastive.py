@@ -1,4 +1,4 @@
-"""MoCo engine (queues, momentum encoder, mining), SkeletonCLR, AimCLR and RVTCLR, and the snippet-discrimination term that can be added to each.
+"""MoCo engine (queues, momentum encoder, mining), SkeletonCLR, AimCLR, RVTCLR (with its DC branch) and CrosSCLR, the snippet-discrimination term that can be added to each, and the official configurations by name.
 
 Docs: https://snipnb.github.io/snipnb/contrastive.html.md"""
 
@@ -6,17 +6,23 @@ Docs: https://snipnb.github.io/snipnb/contrastive.html.md"""
 
 # %% ../nbs/08_contrastive.ipynb #7d338f5b
 from __future__ import annotations
-import copy, math
+import copy, inspect, math
+from fastcore.basics import patch
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 import torch.distributed as dist
-from .backbones import build_backbone, SkeletonBackbone
+from .skeleton import get_layout
+from .backbones import build_backbone, resolve_layout, SkeletonBackbone, count_parameters
 from .ufusion import MLPHead, SnippetHead
+from .augment import get_augment, relative_tempo
 
 # %% auto #0
-__all__ = ['PRETEXTS', 'KeyQueue', 'gather_keys', 'moco_logits', 'upcast', 'info_nce', 'soft_ce', 'margin_ranking', 'topk_mask',
-           'match_snippets', 'snippet_logits', 'dense_global', 'Encoder', 'momentum_update', 'attention_drop',
-           'Pretext', 'SkeletonCLR', 'AimCLR', 'RVTCLR', 'build_pretext']
+__all__ = ['HEAD_TYPES', 'STREAMS', 'PRETEXTS', 'METHODS', 'PRESETS', 'QUIRKS', 'OFFICIAL_COUNTS', 'OFFICIAL_UNUSED', 'KeyQueue',
+           'gather_keys', 'moco_logits', 'upcast', 'info_nce', 'soft_ce', 'margin_ranking', 'topk_mask',
+           'match_snippets', 'snippet_logits', 'dense_global', 'LinearHead', 'projection_head', 'part_matrix',
+           'PartPooling', 'PartRelation', 'body_parts', 'PartBranch', 'Encoder', 'momentum_update', 'official_init',
+           'attention_drop', 'Pretext', 'SkeletonCLR', 'AimCLR', 'dc_logits', 'RVTCLR', 'motion_stream', 'bone_stream',
+           'ckm_logits_mask', 'CrosSCLR', 'preset_config', 'build_pretext']
 
 # %% ../nbs/08_contrastive.ipynb #aec7d397
 class KeyQueue(nn.Module):
@@ -94,10 +100,13 @@ def topk_mask(neg_logits:list, # [(N, K)] queue logits of one or more query view
 # %% ../nbs/08_contrastive.ipynb #9cb903b3
 def match_snippets(q_pooled:Tensor, # (N, C, G) pooled backbone features of the query snippets
                    k_pooled:Tensor, # (N, C, Gk) of the key-view snippets
+                   similarity:str='cosine', # 'cosine' (DenseCL) or 'dot' (the official SnipCLR code)
                   ) -> Tensor: # (N, G) index of the matched key snippet
     "DenseCL-style matching: for each query snippet, the most similar key snippet of the same video."
-    sim = torch.einsum('ncg,nch->ngh', F.normalize(upcast(q_pooled), dim=1), F.normalize(upcast(k_pooled), dim=1))
-    return sim.argmax(-1)
+    q, k = upcast(q_pooled), upcast(k_pooled)
+    if similarity == 'cosine': q, k = F.normalize(q, dim=1), F.normalize(k, dim=1)
+    elif similarity != 'dot': raise ValueError(f"similarity must be 'cosine' or 'dot', not {similarity!r}")
+    return torch.einsum('ncg,nch->ngh', q, k).argmax(-1)
 
 def snippet_logits(q_snip:Tensor, # (N, D, G) normalised query snippet projections
                    k_snip:Tensor, # (N, D, Gk) normalised key snippet projections
@@ -110,30 +119,115 @@ def snippet_logits(q_snip:Tensor, # (N, D, G) normalised query snippet projectio
     k = k_matched.transpose(1, 2).reshape(-1, k_snip.shape[1])
     return moco_logits(q, k, queue, temperature)
 
-def dense_global(k_snip:Tensor) -> Tensor: # (N, D, G) -> (N, D)
-    "A video's dense-global key: the normalised mean of its snippet projections."
-    return F.normalize(k_snip.mean(-1), dim=1)
+def dense_global(k_snip:Tensor, # (N, D, G) normalised key snippet projections
+                 k_raw:Tensor|None=None, # (N, D, G) the same before normalisation (needed by 'official')
+                 mode:str='normalized', # 'normalized' (ours) or 'official'
+                ) -> Tensor: # (N, D)
+    "A video's dense-global key: the normalised mean of its snippet projections (normalised first, or not: official)."
+    if mode == 'normalized': return F.normalize(k_snip.mean(-1), dim=1)
+    if mode == 'official': return F.normalize(k_raw.mean(-1), dim=1)
+    raise ValueError(f"dense_key must be 'normalized' or 'official', not {mode!r}")
 
 # %% ../nbs/08_contrastive.ipynb #71c2ad80
+class LinearHead(nn.Module):
+    "One Linear(C, out), L2-normalised: RVTCLR's instance and motion heads (`fc1`, `fc2`)."
+    def __init__(self, in_channels:int=256, out_channels:int=128):
+        super().__init__()
+        self.fc = nn.Linear(in_channels, out_channels)
+
+    def forward(self, x:Tensor) -> Tensor: return F.normalize(self.fc(x), dim=1)
+
+HEAD_TYPES = ('mlp', 'linear')
+
+def projection_head(kind:str, # 'mlp' (MoCo v2, SkeletonCLR) or 'linear' (RVTCLR's fc1/fc2)
+                    in_channels:int=256, hidden:int=256, out_channels:int=128) -> nn.Module:
+    "A global projection head by kind."
+    if kind == 'mlp': return MLPHead(in_channels, hidden, out_channels)
+    if kind == 'linear': return LinearHead(in_channels, out_channels)
+    raise ValueError(f"unknown head type {kind!r}; use one of {HEAD_TYPES}")
+
+# %% ../nbs/08_contrastive.ipynb #988ec4bd
+def part_matrix(parts, # joint indices of each body part
+                num_joints:int) -> Tensor: # (V, P): column p averages part p's joints
+    "The (V, P) matrix that averages the joints of each part."
+    P = torch.zeros(num_joints, len(parts))
+    for p, joints in enumerate(parts): P[list(joints), p] = 1 / len(joints)
+    return P
+
+class PartPooling(nn.Module):
+    "RVTCLR's IntraPart: joints averaged per body part, then 1x1 convs C -> C/2 -> ReLU -> C (no bias, no gate)."
+    def __init__(self, channels:int, parts, num_joints:int=25):
+        super().__init__()
+        self.register_buffer('P', part_matrix(parts, num_joints), persistent=False)
+        self.se = nn.Sequential(nn.Conv2d(channels, channels // 2, 1, bias=False), nn.ReLU(),
+                                nn.Conv2d(channels // 2, channels, 1, bias=False))
+
+    def forward(self, x:Tensor) -> Tensor: # (N, C, T, V) -> (N, C, T, P)
+        return self.se(torch.einsum('nctv,vp->nctp', x, self.P.to(x.dtype)))
+
+# %% ../nbs/08_contrastive.ipynb #79b0ab25
+class PartRelation(nn.Module):
+    "RVTCLR's InterPart: a non-local block, time-by-time attention from the part mean mixing each part's values; zero-initialised residual."
+    def __init__(self, channels:int):
+        super().__init__()
+        c = channels // 2
+        self.g, self.theta, self.phi = nn.Conv1d(channels, c, 1), nn.Conv1d(channels, c, 1), nn.Conv1d(channels, c, 1)
+        self.W = nn.Sequential(nn.Conv1d(c, channels, 1), nn.BatchNorm1d(channels))
+        nn.init.zeros_(self.W[1].weight); nn.init.zeros_(self.W[1].bias)
+
+    def forward(self, x:Tensor) -> Tensor: # (N, C, T, P) -> (N, C, T, P)
+        N, C, T, P = x.shape
+        xp = x.permute(0, 3, 1, 2).reshape(N * P, C, T)
+        values = self.g(xp).view(N, P, -1, T)                                           # (N, P, C/2, T)
+        mean = x.mean(-1)                                                               # (N, C, T)
+        att = torch.softmax(self.theta(mean).transpose(1, 2) @ self.phi(mean), -1)     # (N, T, T)
+        y = torch.einsum('nts,npcs->npct', att, values).reshape(N * P, -1, T)
+        return (self.W(y) + xp).view(N, P, C, T).permute(0, 2, 3, 1)
+
+# %% ../nbs/08_contrastive.ipynb #efb0d7ca
+def body_parts(backbone:SkeletonBackbone) -> list:
+    "The joint groups of the backbone's layout (5 for NTU-25), for the DC branch."
+    lay = resolve_layout(backbone.config.get('layout'), backbone.num_joints)
+    if not lay.parts: raise ValueError(f"layout {lay.name!r} has no body parts: the DC branch needs them")
+    return list(lay.parts.values())
+
+class PartBranch(nn.Module):
+    "RVTCLR's DC branch: PartPooling + PartRelation on per-person features, averaged, then an MLP head."
+    def __init__(self, channels:int, parts, num_joints:int=25, hidden:int=256, dim:int=128):
+        super().__init__()
+        self.intra, self.inter = PartPooling(channels, parts, num_joints), PartRelation(channels)
+        self.fc = MLPHead(channels, hidden, dim)
+
+    def forward(self, persons:Tensor) -> Tensor: # (N, M, C, T', V) last-block features -> (N, dim) normalised
+        N, M = persons.shape[:2]
+        x = self.inter(self.intra(persons.flatten(0, 1)))
+        return self.fc(x.mean((2, 3)).view(N, M, -1).mean(1))
+
+# %% ../nbs/08_contrastive.ipynb #8b6121e6
 class Encoder(nn.Module):
-    "Backbone + global projection heads (+ snippet head): what a MoCo query or key encoder is."
-    def __init__(self, backbone:SkeletonBackbone, heads=('z',), # names of the global MLP heads
-                 dim:int=128, hidden:int=256, snippet:bool=False, t_grid:int|None=None):
+    "Backbone + global projection heads (+ snippet head, + DC branch): what a MoCo query or key encoder is."
+    def __init__(self, backbone:SkeletonBackbone, heads=('z',), # names of the global heads
+                 dim:int=128, hidden:int=256, snippet:bool=False, t_grid:int|None=None,
+                 head:str='mlp', # global head type: 'mlp' or 'linear'
+                 dc:bool=False): # RVTCLR's body-part (DC) branch
         super().__init__()
         C = backbone.channels[-1]
         self.backbone = backbone
-        self.heads = nn.ModuleDict({h: MLPHead(C, hidden, dim) for h in heads})
-        self.snippet = SnippetHead(C, hidden, dim, t_grid) if snippet else None
+        self.heads = nn.ModuleDict({h: projection_head(head, C, hidden, dim) for h in heads})
+        self.snippet = SnippetHead(C, hidden, dim, t_grid, normalize=False) if snippet else None
+        self.dc = PartBranch(C, body_parts(backbone), backbone.num_joints, hidden, dim) if dc else None
 
     def forward(self, x:Tensor, # (N, C, T, V, M)
                 features:bool=False, # also return the last block's features (N, C, T', V)
+                dc:bool=False, # only the DC branch's projection {'dc': (N, dim)}
                ) -> dict:
         out = self.backbone(x, blocks=[self.backbone.num_blocks])
+        if dc: return {'dc': self.dc(out['persons'])}
         last = out['features'][self.backbone.num_blocks]
         res = {h: head(out['embedding']) for h, head in self.heads.items()}
         if self.snippet is not None:
             s = self.snippet(last)
-            res.update(snippets=s['snippets'], pooled=s['pooled'])
+            res.update(snippets=F.normalize(s['snippets'], dim=1), snippets_raw=s['snippets'], pooled=s['pooled'])
         if features: res['features'] = last
         return res
 
@@ -142,6 +236,18 @@ def momentum_update(key:nn.Module, query:nn.Module, m:float=0.999):
     "key <- m * key + (1 - m) * query, parameter by parameter."
     kp, qp = list(key.parameters()), list(query.parameters())
     torch._foreach_mul_(kp, m); torch._foreach_add_(kp, qp, alpha=1 - m)
+
+# %% ../nbs/08_contrastive.ipynb #1fda67dc
+@torch.no_grad()
+def official_init(module:nn.Module, std:float=0.02) -> nn.Module:
+    "The official `weights_init`: conv/linear weights N(0, std), biases 0; BatchNorm weights N(1, std), biases 0."
+    for m in module.modules():
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+            m.weight.normal_(0.0, std)
+            if m.bias is not None: m.bias.zero_()
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None:
+            m.weight.normal_(1.0, std); m.bias.zero_()
+    return module
 
 # %% ../nbs/08_contrastive.ipynb #494940b2
 def attention_drop(x:Tensor, # (N, C, T, V) features
@@ -157,8 +263,6 @@ def attention_drop(x:Tensor, # (N, C, T, V) features
     return x * keep_t * keep_t.numel() / keep_t.sum().clamp_min(1)
 
 # %% ../nbs/08_contrastive.ipynb #86c8ad97
-from .augment import get_augment, relative_tempo
-
 class Pretext(nn.Module):
     "MoCo engine: query/key encoders, queues, EMA, mining, and the optional snippet term."
     heads = ('z',)
@@ -167,14 +271,20 @@ class Pretext(nn.Module):
                  snippet_weight:float=1.5, # its weight in the total loss
                  t_grid:int|None=None, # snippets per clip; None: one per backbone output step
                  queue_size:int=32768, dim:int=128, hidden:int=256, temperature:float=0.07, momentum:float=0.999,
-                 mining_epoch:int|None=None, # epoch from which nearest neighbours are extra positives
+                 mining_epoch:int|None=None, # epoch (0-based) from which nearest neighbours are extra positives
                  topk:int=1, snippet_topk:int=5,
+                 head:str='mlp', # global heads: 'mlp' or 'linear' (RVTCLR's official fc1/fc2)
+                 query_augment:str='skeletonclr', # pipeline of the query views (every term, the snippet term too)
+                 key_augment:str='skeletonclr', # pipeline of the key views
+                 similarity:str='cosine', # snippet matching: 'cosine' or 'dot' (official)
+                 dense_key:str='normalized', # dense-global key: 'normalized' or 'official'
                  frozen_snippet_pointer:bool=False, # the official code's bug, for an ablation
-                 augment:str='skeletonclr', # normal augmentation pipeline (snipnb.augment preset)
+                 init:str='default', # 'default' (PyTorch's; key = copy of query) or 'official' (`official_init`)
+                 dc:bool=False, # RVTCLR's body-part branch in the encoders (set by `RVTCLR`)
                  **backbone_options):
         super().__init__()
         if isinstance(backbone, str): backbone = build_backbone(backbone, **backbone_options)
-        self.encoder_q = Encoder(backbone, self.heads, dim, hidden, snippet, t_grid)
+        self.encoder_q = Encoder(backbone, self.heads, dim, hidden, snippet, t_grid, head, dc)
         self.encoder_k = copy.deepcopy(self.encoder_q)
         for p in self.encoder_k.parameters(): p.requires_grad_(False)
         self.queue = KeyQueue(queue_size, dim, seed=1)
@@ -182,12 +292,17 @@ class Pretext(nn.Module):
         self.snippet, self.snippet_weight, self.t_grid = snippet, snippet_weight, t_grid
         self.temperature, self.momentum, self.mining_epoch = temperature, momentum, mining_epoch
         self.topk, self.snippet_topk = topk, snippet_topk
-        self.augment = get_augment(augment)
+        self.query_augment, self.key_augment = get_augment(query_augment), get_augment(key_augment)
+        match_snippets(torch.ones(1, 1, 1), torch.ones(1, 1, 1), similarity)                   # fail early on a bad name
+        dense_global(torch.ones(1, 1, 1), torch.ones(1, 1, 1), dense_key)
+        if init not in ('default', 'official'): raise ValueError(f"init must be 'default' or 'official', not {init!r}")
+        self.similarity, self.dense_key, self.init = similarity, dense_key, init
         self.config = {'method': type(self).__name__.lower(), 'backbone': backbone.config, 'snippet': snippet,
                        'snippet_weight': snippet_weight, 't_grid': t_grid, 'queue_size': queue_size, 'dim': dim,
                        'hidden': hidden, 'temperature': temperature, 'momentum': momentum, 'mining_epoch': mining_epoch,
-                       'topk': topk, 'snippet_topk': snippet_topk, 'frozen_snippet_pointer': frozen_snippet_pointer,
-                       'augment': augment}
+                       'topk': topk, 'snippet_topk': snippet_topk, 'head': head, 'query_augment': str(query_augment),
+                       'key_augment': str(key_augment), 'similarity': similarity, 'dense_key': dense_key,
+                       'frozen_snippet_pointer': frozen_snippet_pointer, 'init': init, 'dc': dc}
 
     @property
     def backbone(self) -> SkeletonBackbone: return self.encoder_q.backbone
@@ -196,10 +311,10 @@ class Pretext(nn.Module):
 
     def snippet_term(self, q:dict, k:dict, epoch:int) -> tuple:
         "(snippet loss, dense-global keys to enqueue) from query and key-view encoder outputs."
-        match = match_snippets(q['pooled'], k['pooled'])
+        match = match_snippets(q['pooled'], k['pooled'], self.similarity)
         logits = snippet_logits(q['snippets'], k['snippets'], match, self.snippet_queue.keys.clone(), self.temperature)
         mask = topk_mask([logits[:, 1:]], self.snippet_topk) if self.mining(epoch) else None
-        return info_nce(logits, mask), dense_global(k['snippets'])
+        return info_nce(logits, mask), dense_global(k['snippets'], k['snippets_raw'], self.dense_key)
 
     def finish(self, parts:dict, keys:Tensor, snippet_keys:Tensor|None=None) -> dict:
         "Sum the parts into the loss and push the (gathered) keys into the queues (logits used snapshots of them)."
@@ -208,11 +323,18 @@ class Pretext(nn.Module):
         if snippet_keys is not None: self.snippet_queue.enqueue(gather_keys(snippet_keys))
         return {'loss': loss, **{k: v.detach() for k, v in parts.items()}}
 
+    def finish_init(self):
+        "Called at the end of a method's __init__: the official initialisation redraws both encoders independently."
+        if self.init == 'official': official_init(self.encoder_q); official_init(self.encoder_k)
+
 # %% ../nbs/08_contrastive.ipynb #192a07df
 class SkeletonCLR(Pretext):
     "SkeletonCLR (Li et al. 2021): MoCo v2 on two augmented views; + snippet term when `snippet=True`."
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs); self.finish_init()
+
     def forward(self, x:Tensor, g:torch.Generator|None=None, epoch:int=0) -> dict:
-        xq, xk = self.augment(x, g), self.augment(x, g)
+        xq, xk = self.query_augment(x, g), self.key_augment(x, g)
         with torch.no_grad():
             momentum_update(self.encoder_k, self.encoder_q, self.momentum)
             k = self.encoder_k(xk)
@@ -226,13 +348,15 @@ class SkeletonCLR(Pretext):
 # %% ../nbs/08_contrastive.ipynb #56e06310
 class AimCLR(Pretext):
     "AimCLR (Guo et al. 2022): extreme view, energy-based attention-guided drop, dual distributional divergence."
-    def __init__(self, *args, extreme:str='aimclr_extreme', keep_prob:float=0.9, **kwargs):
+    def __init__(self, *args, extreme:str='aimclr', # the extreme view's pipeline (AimCLR's '12345')
+                 keep_prob:float=0.7, # of the attention-guided drop, as the AimCLR model builds it
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.extreme, self.keep_prob = get_augment(extreme), keep_prob
-        self.config.update(extreme=extreme, keep_prob=keep_prob)
+        self.config.update(extreme=str(extreme), keep_prob=keep_prob); self.finish_init()
 
     def forward(self, x:Tensor, g:torch.Generator|None=None, epoch:int=0) -> dict:
-        xq, xk, xe = self.augment(x, g), self.augment(x, g), self.extreme(x, g)
+        xq, xk, xe = self.query_augment(x, g), self.key_augment(x, g), self.extreme(x, g)
         with torch.no_grad():
             momentum_update(self.encoder_k, self.encoder_q, self.momentum)
             k = self.encoder_k(xk)
@@ -251,15 +375,34 @@ class AimCLR(Pretext):
         return self.finish(parts, k['z'], snip_keys)
 
 # %% ../nbs/08_contrastive.ipynb #72947b21
+def dc_logits(q_dc:Tensor, # (N, D) normalised DC-view projections
+              k:Tensor, # (N, D) the same-tempo instance keys
+              queue:Tensor, # (K, D)
+              temperature:float=0.07,
+              unscaled_positive:bool=False, # SnipCLR's official code before mining: the positive not divided by T
+             ) -> Tensor: # (N, 1 + K)
+    "The DC view's logits against [instance key, queue]."
+    if not unscaled_positive: return moco_logits(q_dc, k, queue, temperature)
+    neg = q_dc @ queue.detach().to(q_dc.dtype).t() / temperature
+    return torch.cat([(q_dc * k).sum(1, keepdim=True), neg], 1)
+
 class RVTCLR(Pretext):
-    "RVTCLR (Zhu et al. 2023): relative tempo views, two positives, margin-ranking of tempo; + snippet term."
+    "RVTCLR (Zhu et al. 2023): relative tempo views, two positives, margin-ranking of tempo, DC branch; + snippet term."
     heads = ('z', 'motion')
-    def __init__(self, *args, margin:float=1.0, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.margin = margin; self.config.update(margin=margin)
+    def __init__(self, *args, margin:float=1.0,
+                 dc:bool=True, # the fourth term (body-part branch)
+                 dc_augment:str='skeletonclr', # pipeline of the DC view
+                 dc_unscaled_positive:bool=False, # SnipCLR's official quirk (before mining)
+                 **kwargs):
+        super().__init__(*args, dc=dc, **kwargs)
+        self.margin, self.dc, self.dc_unscaled_positive = margin, dc, dc_unscaled_positive
+        self.dc_augment = get_augment(dc_augment)
+        self.config.update(margin=margin, dc_augment=str(dc_augment), dc_unscaled_positive=dc_unscaled_positive)
+        self.finish_init()
 
     def forward(self, x:Tensor, g:torch.Generator|None=None, epoch:int=0) -> dict:
-        views = relative_tempo(self.augment(x, g), self.augment(x, g), g)
+        views = relative_tempo(self.query_augment(x, g), self.key_augment(x, g), g)
+        x_dc = self.dc_augment(x, g) if self.dc else None
         with torch.no_grad():
             momentum_update(self.encoder_k, self.encoder_q, self.momentum)
             k, k2 = self.encoder_k(views.key), self.encoder_k(views.key_other)
@@ -267,22 +410,181 @@ class RVTCLR(Pretext):
         queue = self.queue.keys.clone()   # a snapshot: the enqueue below must not touch what backward needs
         logits1 = moco_logits(q['z'], k['z'], queue, self.temperature)
         logits2 = moco_logits(q['z'], k2['z'], queue, self.temperature)
-        mask = topk_mask([logits1[:, 1:]], self.topk) if self.mining(epoch) else None
+        negatives = [logits1[:, 1:]]
+        if self.dc:
+            unscaled = self.dc_unscaled_positive and not self.mining(epoch)
+            logits_dc = dc_logits(self.encoder_q(x_dc, dc=True)['dc'], k['z'], queue, self.temperature, unscaled)
+            negatives.append(logits_dc[:, 1:])
+        mask = topk_mask(negatives, self.topk) if self.mining(epoch) else None
         same = (q['motion'] * k['motion']).sum(1) / self.temperature
         other = (q['motion'] * k2['motion']).sum(1) / self.temperature
         parts = {'instance': info_nce(logits1, mask), 'tempo_positive': info_nce(logits2, mask),
                  'tempo_rank': margin_ranking(same, other, self.margin)}
+        if self.dc: parts['dc'] = soft_ce(logits_dc, torch.softmax(upcast(logits1.detach()), 1))
         snip_keys = None
         if self.snippet: parts['snippet'], snip_keys = self.snippet_term(q, k2, epoch)
         return self.finish(parts, k2['z'], snip_keys)
 
-# %% ../nbs/08_contrastive.ipynb #aabc2ed5
-PRETEXTS = {'skeletonclr': SkeletonCLR, 'aimclr': AimCLR, 'rvtclr': RVTCLR}
+# %% ../nbs/08_contrastive.ipynb #376f6fe6
+def motion_stream(x:Tensor) -> Tensor: # (N, C, T, V, M) -> same shape
+    "Frame differences x[t+1] - x[t], the last frame 0 (CrosSCLR's motion stream)."
+    m = torch.zeros_like(x)
+    m[:, :, :-1] = x[:, :, 1:] - x[:, :, :-1]
+    return m
 
-def build_pretext(method:str='rvtclr', # 'skeletonclr', 'aimclr', 'rvtclr', or 'snipclr' (= rvtclr + snippet)
-                  backbone:str|SkeletonBackbone='stgcn16', snippet:bool|None=None, # None: True for 'snipclr'
-                  **options) -> Pretext:
-    "A pretext by name, with or without the snippet term."
-    if method == 'snipclr': method, snippet = 'rvtclr', True if snippet is None else snippet
-    if method not in PRETEXTS: raise ValueError(f"unknown method {method!r}; use one of {[*PRETEXTS, 'snipclr']}")
-    return PRETEXTS[method](backbone, snippet=bool(snippet), **options)
+def bone_stream(x:Tensor, layout:str='ntu25') -> Tensor: # (N, C, T, V, M) -> same shape
+    "Each joint minus its parent along the layout's bones; the centre joint 0 (CrosSCLR's bone stream)."
+    lay = resolve_layout(layout, x.shape[3])
+    child, parent = (torch.tensor(v, device=x.device) for v in zip(*lay.bones))
+    b = torch.zeros_like(x)
+    b[:, :, :, child] = x[:, :, :, child] - x[:, :, :, parent]
+    return b
+
+STREAMS = {'joint': lambda x, layout: x, 'motion': lambda x, layout: motion_stream(x), 'bone': bone_stream}
+
+# %% ../nbs/08_contrastive.ipynb #1ebe4a5d
+def ckm_logits_mask(q_a:Tensor, k_a:Tensor, # (N, D) stream a's queries and keys
+                    neg_a:Tensor, # (N, K) q_a . queue_a (raw cosines)
+                    neg_b:Tensor, # (N, K) q_b . queue_b of the partner stream
+                    temperature:float=0.07, topk:int=1, context:bool=True) -> tuple:
+    "CrosSCLR's cross-view mining for stream a with partner b: (logits, positive mask)."
+    blocks = [(q_a * k_a).sum(1, keepdim=True), neg_a] + ([neg_a * neg_b] if context else [])
+    mask = topk_mask([neg_b], topk)
+    if context: mask = torch.cat([mask, mask[:, 1:]], 1)
+    return torch.cat(blocks, 1) / temperature, mask
+
+# %% ../nbs/08_contrastive.ipynb #331cffec
+class CrosSCLR(Pretext):
+    "CrosSCLR (Li et al. 2021): SkeletonCLR per stream (joint, motion, bone) + cross-view consistent knowledge mining."
+    def __init__(self, backbone:SkeletonBackbone|str='stgcn16', *args,
+                 streams=('joint', 'motion'), # the first is the one kept downstream; 'bone' optional
+                 cross_epoch:int|None=150, # epoch (0-based) from which the streams mine each other's neighbours
+                 context:bool=True, # the context block (product of the streams' similarities)
+                 shared_head:bool=False, # the official bug: other streams' heads wrap the joint stream's head
+                 official_momentum:bool=False, # the official bug: after cross_epoch only the motion key encoder follows
+                 **kwargs):
+        streams = tuple(streams)
+        if not streams or any(s not in STREAMS for s in streams) or len(set(streams)) != len(streams):
+            raise ValueError(f"streams must be distinct names from {list(STREAMS)}, got {streams}")
+        super().__init__(backbone, *args, **kwargs)
+        bb_opts = {k: v for k, v in kwargs.items() if k not in inspect.signature(Pretext).parameters}
+        extra = {}
+        for s in streams[1:]:
+            bb = build_backbone(backbone, **bb_opts) if isinstance(backbone, str) else copy.deepcopy(backbone)
+            enc = Encoder(bb, self.heads, self.config['dim'], self.config['hidden'], head=self.config['head'])
+            if shared_head:
+                C = bb.channels[-1]
+                enc.heads['z'] = nn.Sequential(nn.Linear(C, C), nn.ReLU(), self.encoder_q.heads['z'])
+            extra[s] = enc
+        self.streams, self.cross_epoch, self.context, self.official_momentum = streams, cross_epoch, context, official_momentum
+        encoders = nn.ModuleDict({streams[0]: self.encoder_q, **extra})
+        keys = copy.deepcopy(encoders)                  # one copy of everything: a shared head stays shared
+        for p in keys.parameters(): p.requires_grad_(False)
+        self.encoder_k = keys[streams[0]]
+        self.stream_q = nn.ModuleDict(extra)
+        self.stream_k = nn.ModuleDict({s: keys[s] for s in streams[1:]})
+        self.stream_queues = nn.ModuleDict({s: KeyQueue(self.queue.size, self.config['dim'], seed=10 + i)
+                                            for i, s in enumerate(streams[1:])})
+        self.config.update(streams=list(streams), cross_epoch=cross_epoch, context=context, shared_head=shared_head,
+                           official_momentum=official_momentum)
+        if self.init == 'official':
+            for m in (self.encoder_q, self.encoder_k, self.stream_q, self.stream_k): official_init(m)
+
+    def _pair(self, s:str) -> tuple: # (query encoder, key encoder, queue) of stream s
+        if s == self.streams[0]: return self.encoder_q, self.encoder_k, self.queue
+        return self.stream_q[s], self.stream_k[s], self.stream_queues[s]
+
+    def cross(self, epoch:int) -> bool: return self.cross_epoch is not None and epoch >= self.cross_epoch
+
+# %% ../nbs/08_contrastive.ipynb #b01a4758
+@patch
+def forward(self:CrosSCLR, x:Tensor, g:torch.Generator|None=None, epoch:int=0) -> dict:
+    xq, xk = self.query_augment(x, g), self.key_augment(x, g)
+    layout = self.backbone.config.get('layout')
+    q, k, queues = {}, {}, {}
+    for s in self.streams:
+        enc_q, enc_k, queue = self._pair(s)
+        with torch.no_grad():
+            if not (self.official_momentum and self.cross(epoch) and s != 'motion'): momentum_update(enc_k, enc_q, self.momentum)
+            k[s] = enc_k(STREAMS[s](xk, layout))
+        q[s], queues[s] = enc_q(STREAMS[s](xq, layout)), queue.keys.clone()
+    neg = {s: q[s]['z'] @ queues[s].detach().to(q[s]['z'].dtype).t() for s in self.streams}
+    parts = {}
+    for a in self.streams:
+        if not self.cross(epoch) or len(self.streams) == 1:
+            parts[a] = info_nce(moco_logits(q[a]['z'], k[a]['z'], queues[a], self.temperature))
+            continue
+        losses = [info_nce(*ckm_logits_mask(q[a]['z'], k[a]['z'], neg[a], neg[b], self.temperature, self.topk, self.context))
+                  for b in self.streams if b != a]
+        parts[a] = sum(losses) / len(losses)
+    for s in self.streams[1:]: self.stream_queues[s].enqueue(gather_keys(k[s]['z']))
+    snip_keys, j = None, self.streams[0]
+    if self.snippet: parts['snippet'], snip_keys = self.snippet_term(q[j], k[j], epoch)
+    return self.finish(parts, k[j]['z'], snip_keys)
+
+# %% ../nbs/08_contrastive.ipynb #b72b4823
+PRETEXTS = {'skeletonclr': SkeletonCLR, 'aimclr': AimCLR, 'rvtclr': RVTCLR, 'crossclr': CrosSCLR}
+METHODS = (*PRETEXTS, 'snipclr')
+
+_NTU_RECIPE = dict(epochs=300, steps=(250,), lr=0.1, batch_size=128, momentum=0.9, nesterov=False, weight_decay=1e-4)
+_NTU_STGCN = dict(dropout=0.5)                   # the official st_gcn.Model passes dropout 0.5 to blocks 2-10
+PRESETS = {
+    'light': {m: dict(backbone='stgcn16', backbone_options={}, options={'snippet': m == 'snipclr'},
+                      train=dict(clip_len=100, batch_size=16, epochs=2, lr=0.05)) for m in METHODS},
+    'official': {
+        'skeletonclr': dict(backbone='stgcn16', backbone_options=_NTU_STGCN, options=dict(head='mlp', init='official'),
+                            train=dict(_NTU_RECIPE, clip_len=50)),
+        'aimclr': dict(backbone='stgcn16', backbone_options=_NTU_STGCN,
+                       options=dict(head='mlp', extreme='aimclr_official', keep_prob=0.7, mining_epoch=150, topk=1, init='official'),
+                       train=dict(_NTU_RECIPE, clip_len=50)),
+        'rvtclr': dict(backbone='stgcn16', backbone_options=_NTU_STGCN,
+                       options=dict(head='linear', dc=True, query_augment='strong', key_augment='skeletonclr',
+                                    mining_epoch=150, topk=1, init='official'),
+                       train=dict(_NTU_RECIPE, clip_len=100)),
+        'crossclr': dict(backbone='stgcn16', backbone_options=_NTU_STGCN,
+                         options=dict(head='mlp', streams=('joint', 'motion', 'bone'), cross_epoch=150, topk=1, context=True,
+                                      shared_head=True, official_momentum=True, init='official'),
+                         train=dict(_NTU_RECIPE, clip_len=50)),
+        'snipclr': dict(backbone='agcn', backbone_options=dict(strides=(2, 5, 8), data_bn=None, num_persons=1, graph='agcn_raw'),
+                        options=dict(snippet=True, snippet_weight=1.5, t_grid=None, head='linear', dc=True,
+                                     query_augment='strong', key_augment='skeletonclr', mining_epoch=200, topk=1,
+                                     snippet_topk=5, similarity='dot', dense_key='official', frozen_snippet_pointer=True,
+                                     dc_unscaled_positive=True, init='official'),
+                        train=dict(epochs=600, steps=(550,), lr=0.1, batch_size=128, momentum=0.9, nesterov=False,
+                                   weight_decay=1e-4, clip_len=300, lr_rule='snipclr')),
+    },
+}
+# each official quirk and snipnb's correction of it: the 'snipnb' preset is 'official' with these
+QUIRKS = {'similarity': 'cosine', 'dense_key': 'normalized', 'frozen_snippet_pointer': False, 'dc_unscaled_positive': False,
+          'init': 'default', 'shared_head': False, 'official_momentum': False, 'extreme': 'aimclr', 'graph': 'agcn'}
+def _corrected(c:dict) -> dict:
+    fix = lambda d: {k: QUIRKS.get(k, v) for k, v in d.items()}
+    return dict(c, backbone_options=fix(c['backbone_options']), options=fix(c['options']),
+                train={k: v for k, v in c['train'].items() if k != 'lr_rule'})
+PRESETS['snipnb'] = {m: _corrected(c) for m, c in PRESETS['official'].items()}
+
+def preset_config(method:str='rvtclr', # one of `METHODS`
+                  preset:str='light', # 'light', 'official' or 'snipnb'
+                 ) -> dict: # {'backbone', 'backbone_options', 'options', 'train'} (copies)
+    "The named configuration of a method: backbone, its options, pretext options and training recipe."
+    if method not in METHODS: raise ValueError(f"unknown method {method!r}; use one of {list(METHODS)}")
+    if preset not in PRESETS: raise ValueError(f"unknown preset {preset!r}; use one of {list(PRESETS)}")
+    return copy.deepcopy(PRESETS[preset][method])
+
+def build_pretext(method:str='rvtclr', # one of `METHODS` ('snipclr' = rvtclr + snippet)
+                  backbone:str|SkeletonBackbone|None=None, # None: the preset's
+                  snippet:bool|None=None, # None: the preset's (True for 'snipclr')
+                  preset:str='light', # a named configuration (see `PRESETS`)
+                  **options) -> Pretext: # pretext and backbone options; they override the preset's
+    "A pretext by name and preset, with or without the snippet term."
+    cfg = preset_config(method, preset)
+    kwargs = {**cfg['options'], **options}
+    if backbone is None or backbone == cfg['backbone']: kwargs = {**cfg['backbone_options'], **kwargs}
+    if snippet is not None: kwargs['snippet'] = snippet
+    cls = PRETEXTS['rvtclr' if method == 'snipclr' else method]
+    return cls(backbone or cfg['backbone'], **kwargs)
+
+# %% ../nbs/08_contrastive.ipynb #96172faf
+OFFICIAL_COUNTS = {  # encoder_q parameters of the official code (see the table above)
+    'snipclr': 3_919_256, 'rvtclr': 1_183_620, 'aimclr': 920_068, 'crossclr': 920_068}
+OFFICIAL_UNUSED = {'snipclr': 250}   # BatchNorms the official forward never calls; snipnb does not build them

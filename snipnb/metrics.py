@@ -12,7 +12,7 @@ import numpy as np
 from .formats import read_pkummd_labels, _write_atomic
 
 # %% auto #0
-__all__ = ['segment_iou', 'detection_ap', 'detection_map', 'pkummd_overlaps', 'pkummd_map', 'read_pkummd_predictions',
+__all__ = ['segment_iou', 'detection_ap', 'detection_map', 'pkummd_match', 'pkummd_map', 'read_pkummd_predictions',
            'read_pkummd_ground_truth', 'write_pkummd_predictions', 'frame_accuracy', 'edit_score', 'segment_counts',
            'f1_at_overlap', 'segmentation_metrics']
 
@@ -136,79 +136,104 @@ def detection_map(predictions, # rows (video, label, start, end, score): list of
     if per_class: out['per_class'] = {int(c): ap[:, k].tolist() for k, c in enumerate(classes) if has_gt[k]}
     return out
 
-# %% ../nbs/11_metrics.ipynb #04e51fe9
-def _pkummd_ap(flags:np.ndarray, # (n,) bool positives, in ascending-confidence order
-               total:int, # ground truths
-              ) -> float:
-    "The official PKU-MMD `ap()`, vectorised (same sums, same order of operations)."
-    if total == 0: return 0.
-    n, P = len(flags), int(flags.sum())
-    k = np.flatnonzero(flags)
-    number = (n - k - 1).astype(float)              # proposals left above the k-th one
-    pos = P - np.arange(1., len(k) + 1)             # positives left above it
-    keep = number > 0                               # the script stops when the top proposal is a positive
-    number, pos = number[keep], pos[keep]
-    start_recall = min(P / total, 1)
-    if len(pos) == 0: return 0. * start_recall
-    precision = np.maximum.accumulate(pos / number)
-    recall = np.minimum(pos / total, 1)
-    steps = np.r_[start_recall, recall[:-1]] - recall
-    return float(np.sum(precision * steps) + precision[-1] * recall[-1])
-
 # %% ../nbs/11_metrics.ipynb #a156d161
-def pkummd_overlaps(predictions, # rows (video, label, start, end, score)
-                    ground_truth, # rows (video, label, start, end[, confidence])
-                   ) -> np.ndarray: # (n_predictions,) best overlap with a same-label ground truth of the same video
-    "The official `calc_ovlp` for every prediction: max(0, best (min end - max start) / (max end - min start))."
+def _pkummd_overlap(p:tuple, # proposals (video codes, labels, starts, ends)
+                    g:tuple, # ground truths (video codes, labels, starts, ends)
+                   ) -> np.ndarray: # (n_p, n_g)
+    "The script's `overlap()` for all pairs: 0 unless label and video agree (and 0 for two empty segments at one frame)."
+    pv, pl, ps, pe = (np.asarray(a)[:, None] for a in p)
+    gv, gl, gs, ge = (np.asarray(a)[None] for a in g)
+    num, den = np.minimum(pe, ge) - np.maximum(ps, gs), np.maximum(pe, ge) - np.minimum(ps, gs)
+    ok = (pl == gl) & (pv == gv) & (den != 0)
+    with np.errstate(invalid='ignore', divide='ignore'):
+        return np.where(ok, num / np.where(den != 0, den, 1), 0.)
+
+def _pkummd_match(p:tuple, # proposals (video codes, labels, starts, ends), in list order
+                  g:tuple, # ground truths (video codes, labels, starts, ends), in list order
+                  ratios, # overlap threshold(s) theta
+                 ) -> np.ndarray: # (len(ratios), n_p) index into `g` of each proposal's ground truth, -1: none
+    "The script's `match()` (`cos_map`), for several thresholds at once."
+    ratios = np.atleast_1d(np.asarray(ratios, float))
+    out = np.full((len(ratios), len(p[0])), -1, np.int64)
+    if len(g[0]) == 0: return out
+    rows = lambda t, k: tuple(np.asarray(a)[k] for a in t)
+    for c in np.unique(p[1]):
+        i, j = np.flatnonzero(p[1] == c), np.flatnonzero(g[1] == c)
+        if len(j) == 0: continue
+        ov = _pkummd_overlap(rows(p, i), rows(g, j))                    # index_map[label]: all videos
+        first = _pkummd_overlap(rows(p, i), rows(g, [len(g[0]) - 1]))  # cos_map = -1: ground[-1]
+        ok = (ov[None] >= ratios[:, None, None]) & (ov >= first)[None]
+        last_best = np.where(ok, ov[None], -np.inf)[..., ::-1].argmax(-1)  # '<' lets an equal overlap replace
+        out[:, i] = np.where(ok.any(-1), j[len(j) - 1 - last_best], -1)
+    return out
+
+def pkummd_match(predictions, # rows (video, label, start, end, score)
+                 ground_truth, # rows (video, label, start, end[, confidence]), in the script's list order
+                 theta:float=0.5, # overlap ratio
+                ) -> np.ndarray: # (n_predictions,) row of `ground_truth` each prediction is matched to, -1: none
+    "The official PKU-MMD `match()`: each proposal's own best ground truth (several proposals may share one)."
     pv, pl, ps, pe, _ = _columns(predictions, 5, 'predictions')
     gv, gl, gs, ge = _columns(ground_truth, 4, 'ground truth')
     pv, gv = _codes(pv, gv)
-    out = np.zeros(len(pl))
-    gorder, gbounds = _blocks(gl, gv)
-    gkeys = {(gl[gorder[a]], gv[gorder[a]]): gorder[a:b] for a, b in zip(gbounds[:-1], gbounds[1:])}
-    porder, pbounds = _blocks(pl, pv)
-    for a, b in zip(pbounds[:-1], pbounds[1:]):
-        i = porder[a:b]; j = gkeys.get((pl[i[0]], pv[i[0]]))
-        if j is None: continue
-        num = np.minimum(pe[i, None], ge[None, j]) - np.maximum(ps[i, None], gs[None, j])
-        den = np.maximum(pe[i, None], ge[None, j]) - np.minimum(ps[i, None], gs[None, j])
-        with np.errstate(invalid='ignore', divide='ignore'):
-            ov = np.where(den != 0, num / np.where(den != 0, den, 1), 0.)
-        out[i] = np.maximum(ov.max(axis=1), 0.)
-    return out
+    return _pkummd_match((pv, pl, ps, pe), (gv, gl, gs, ge), theta)[0]
+
+# %% ../nbs/11_metrics.ipynb #04e51fe9
+def _pkummd_ap(match:np.ndarray, # (n,) ground truth of each proposal (-1: none), in list order
+               confidence:np.ndarray, # (n,) proposal confidences
+               n_ground:int, # ground truths in the list
+              ) -> float:
+    "The script's `ap()`: proposals removed by ascending confidence, precision a running maximum from the whole list's."
+    n = len(match)
+    if n == 0 or n_ground == 0: return 0.                        # calc_pr: 0, 0 throughout
+    m = np.asarray(match)[np.argsort(confidence, kind='stable')]
+    k = np.flatnonzero(m >= 0)
+    if len(k) == 0: return 0.
+    last = np.full(n_ground, -1); np.maximum.at(last, m[k], k)  # the step after which a ground truth is no longer hit
+    hit = np.sort(last[last >= 0])
+    positive = len(hit) - np.searchsorted(hit, k, side='right')  # ground truths hit by the proposals left
+    left = n - 1 - k
+    precision = np.where(left > 0, positive / np.maximum(left, 1), 0.)
+    recall = np.where(left > 0, positive / n_ground, 0.)
+    running = np.maximum(len(hit) / n, np.maximum.accumulate(precision))
+    return float(np.cumsum(running * (np.r_[len(hit) / n_ground, recall[:-1]] - recall))[-1])
+
+# %% ../nbs/11_metrics.ipynb #3c08f6b7
+def _pkummd_f1(match:np.ndarray, # (n,) ground truth of each proposal (-1: none)
+               n_ground:int, # ground truths in the list
+              ) -> float: # 0 where the script raises ZeroDivisionError (no ground truth hit)
+    "The script's `f1()`: precision = ground truths hit / proposals, recall = ground truths hit / ground truths."
+    match = np.asarray(match)
+    positive = len(np.unique(match[match >= 0]))
+    if positive == 0: return 0.
+    precision, recall = positive / len(match), positive / n_ground
+    return 2 * precision * recall / (precision + recall)
 
 # %% ../nbs/11_metrics.ipynb #6c3a707d
 def pkummd_map(predictions, # rows (video, label, start, end, score)
                ground_truth, # rows (video, label, start, end[, confidence]); the confidence is ignored
                theta:float=0.5, # overlap ratio
                num_classes:int=51, # PKU-MMD phase 1 has 51 actions (the script's number_label = 52)
-               videos=None, # videos to evaluate (the script: the files of the proposal folder); default: all seen
-              ) -> dict: # {'f1', 'ap', 'map_action', 'map_video', '2dap', 'map_action_classes', 'theta'}
-    "The PKU-MMD official metric (ECHO960/PKU-MMD `evaluate.py`), same matching, AP and averages."
-    pv, pl, ps, pe, score = _columns(predictions, 5, 'predictions')
-    gv, gl = _columns(ground_truth, 4, 'ground truth')[:2]
+               videos=None, # videos evaluated, in this order (the script: the proposal folder's files); default: all seen
+              ) -> dict: # {'f1', 'ap', 'map_action', 'map_video', '2dap', 'theta'}
+    "The PKU-MMD official metric, ECHO960/PKU-MMD `evaluate.py` at b492698: F1, AP, mAP over actions and videos, 2DAP."
+    pv, pl, ps, pe, conf = _columns(predictions, 5, 'predictions')
+    gv, gl, gs, ge = _columns(ground_truth, 4, 'ground truth')
     if len(pl) and (pl.min() < 0 or pl.max() > num_classes): raise ValueError(f"predictions: labels must be in 0..{num_classes}")
     if len(gl) and (gl.min() < 1 or gl.max() > num_classes): raise ValueError(f"ground truth: labels must be in 1..{num_classes}")
-    overlap = pkummd_overlaps(predictions, ground_truth)
-    if videos is None: videos = list(dict.fromkeys([*gv.tolist(), *pv.tolist()]))
-    vset = set(videos)
-    pin = np.array([v in vset for v in pv], bool); gin = np.array([v in vset for v in gv], bool)
-    # the script's pooled list runs class by class (input order within a class), then a stable ascending sort
-    pooled = np.flatnonzero(pin)
-    pooled = pooled[np.argsort(pl[pooled], kind='stable')]
-    pooled = pooled[np.argsort(score[pooled], kind='stable')]
-    total = int(gin.sum())
-    def ap_of(rows, ratio, n):
-        rows = rows[np.argsort(score[rows], kind='stable')]
-        return _pkummd_ap(overlap[rows] >= ratio, n)
-    pos, number = float((overlap[pooled] >= theta).sum()), float(len(pooled))
-    f1 = 2 * (pos / number) * (pos / total) / (pos / number + pos / total) if pos > 0 and total > 0 else 0.
-    per_class = [ap_of(np.flatnonzero(pin & (pl == c)), theta, int((gin & (gl == c)).sum())) for c in range(num_classes + 1)]
-    per_video = [ap_of(np.flatnonzero(pv == v), theta, int((gv == v).sum())) for v in videos]
-    ap2d = sum(_pkummd_ap(overlap[pooled] >= (r + 1) * 0.01, total) for r in range(100)) / 100
-    return {'f1': f1, 'ap': _pkummd_ap(overlap[pooled] >= theta, total),
-            'map_action': sum(per_class) / len(per_class), 'map_video': sum(per_video) / max(len(per_video), 1),
-            '2dap': ap2d, 'map_action_classes': sum(per_class[1:]) / num_classes, 'theta': theta}
+    if videos is None: videos = list(dict.fromkeys([*pv.tolist(), *gv.tolist()]))
+    code = {v: k for k, v in enumerate(videos)}
+    pk = np.array([code.get(v, -1) for v in pv], np.int64); gk = np.array([code.get(v, -1) for v in gv], np.int64)
+    P, G = np.flatnonzero(pk >= 0), np.flatnonzero(gk >= 0)
+    P, G = P[np.lexsort((P, pk[P], pl[P]))], G[np.lexsort((G, gk[G], gl[G]))]  # class, video, row: a_props, all_props
+    def ap(i, j, ratios):  # the script's ap(props, ratio, ground) for the rows i, j in list order
+        m = _pkummd_match((pk[i], pl[i], ps[i], pe[i]), (gk[j], gl[j], gs[j], ge[j]), ratios)
+        return [_pkummd_ap(row, conf[i], len(j)) for row in m], m[0]
+    (pooled,), match = ap(P, G, theta)
+    per_class = [ap(P[pl[P] == c], G[gl[G] == c], theta)[0][0] for c in range(1, num_classes + 1)]
+    per_video = [ap(np.flatnonzero(pk == k), np.flatnonzero(gk == k), theta)[0][0] for k in range(len(videos))]
+    ap2d = ap(P, G, (np.arange(20) + 1) * 0.05)[0]
+    return {'f1': _pkummd_f1(match, len(G)), 'ap': pooled, 'map_action': sum(per_class) / num_classes,
+            'map_video': sum(per_video) / len(per_video) if per_video else 0., '2dap': sum(ap2d) / 20, 'theta': theta}
 
 # %% ../nbs/11_metrics.ipynb #b12dd26e
 def _number(t:str):

@@ -114,7 +114,7 @@ def normalize_digraph(adj:np.ndarray) -> np.ndarray:
 
 # %% ../nbs/01_skeleton.ipynb #aea85fd0
 class Graph:
-    "Stacked adjacency (K, V, V) of a layout under a partition strategy ('spatial', 'agcn', 'uniform')."
+    "Stacked adjacency (K, V, V) of a layout under a partition strategy ('spatial', 'agcn', 'agcn_raw', 'uniform')."
     def __init__(self, layout:str|Layout='ntu25', strategy:str='spatial', max_hop:int=1):
         self.layout, self.strategy, self.max_hop = get_layout(layout), strategy, max_hop
         V, edges, c = self.layout.num_joints, self.layout.bones, self.layout.center
@@ -132,13 +132,14 @@ class Graph:
                         else: further[j, i] = norm[j, i]
                 A += [root] if h == 0 else [root + close, further]
             self.A = np.stack(A)
-        elif strategy == 'agcn':
+        elif strategy in ('agcn', 'agcn_raw'):       # 'agcn_raw': SnipCLR's pretraining graph, 0/1 edges
             inward, outward = np.zeros((V, V)), np.zeros((V, V))
             for i, j in edges: inward[j, i] = 1; outward[i, j] = 1
-            self.A = np.stack([np.eye(V), normalize_digraph(inward), normalize_digraph(outward)])
+            norm = normalize_digraph if strategy == 'agcn' else (lambda a: a)
+            self.A = np.stack([np.eye(V), norm(inward), norm(outward)])
         elif strategy == 'uniform':
             self.A = normalize_digraph((self.hop <= max_hop).astype(float))[None]
-        else: raise ValueError(f"unknown graph strategy {strategy!r}; use 'spatial', 'agcn' or 'uniform'")
+        else: raise ValueError(f"unknown graph strategy {strategy!r}; use 'spatial', 'agcn', 'agcn_raw' or 'uniform'")
         self.A = self.A.astype(np.float32)
 
     def __repr__(self): return f"Graph({self.layout.name!r}, {self.strategy!r}, A{tuple(self.A.shape)})"

@@ -18,7 +18,7 @@ from .config import get_device, get_setting
 
 # %% auto #0
 __all__ = ['TrainConfig', 'lr_factor', 'build_optimizer', 'CheckpointError', 'save_checkpoint', 'load_checkpoint',
-           'init_distributed', 'is_main_process', 'Trainer', 'pretrain_step', 'pretrain_splits', 'pretrain',
+           'init_distributed', 'is_main_process', 'Trainer', 'pretrain_step', 'pretrain_splits', 'run_name', 'pretrain',
            'pretrained_backbone']
 
 # %% ../nbs/09_train.ipynb #f743ec52
@@ -38,6 +38,7 @@ class TrainConfig:
     schedule: str = 'step'              # 'step', 'cosine' or 'constant'
     steps: tuple = ()                   # epochs where 'step' multiplies the lr by `gamma`
     gamma: float = 0.1
+    lr_rule: str|None = None            # None: the schedule above; 'snipclr': SnipCLR's official warm-up (see lr_factor)
     grad_clip: float|None = None        # max gradient norm
     amp: bool = True                    # bf16 autocast (CUDA only; ignored on CPU)
     compile: bool = False               # torch.compile the model
@@ -58,6 +59,10 @@ class TrainConfig:
 def lr_factor(step:int, steps_per_epoch:int, cfg:TrainConfig) -> float:
     "Multiplier of the base learning rate at global `step`."
     epoch = step / max(steps_per_epoch, 1)
+    if cfg.lr_rule == 'snipclr':
+        e = int(epoch) + 1                                         # the official 1-based epoch
+        return (e + 1) / 50 if e < 100 else cfg.gamma ** sum(e > s for s in cfg.steps)
+    if cfg.lr_rule is not None: raise ValueError(f"unknown lr_rule {cfg.lr_rule!r}; use None or 'snipclr'")
     warm = cfg.warmup_epochs
     if warm > 0 and epoch < warm: return (epoch + 1 / max(steps_per_epoch, 1)) / warm
     if cfg.schedule == 'step': return cfg.gamma ** sum(epoch >= s for s in cfg.steps)
@@ -258,7 +263,7 @@ def fit(self:Trainer, resume:bool=False) -> list:
 
 # %% ../nbs/09_train.ipynb #a9bde128
 from .datasets import load_corpus, Corpus
-from .contrastive import build_pretext
+from .contrastive import build_pretext, preset_config
 from .backbones import backbone_from_state, backbone_state
 
 def pretrain_step(model, batch:dict, epoch:int, g:torch.Generator) -> dict:
@@ -270,26 +275,37 @@ def pretrain_splits(corpus:Corpus) -> Corpus:
     keep = [s for s in corpus.split_names if s not in ('val', 'test')]
     return corpus.split('+'.join(keep)) if keep else corpus
 
+def run_name(dataset:str, method:str, snippet:bool, preset:str='light') -> str:
+    "The run's folder name: <dataset>-<method>[-snippet][-<preset>]."
+    return f"{dataset}-{method}" + ('-snippet' if snippet and method != 'snipclr' else '') + ('' if preset == 'light' else f'-{preset}')
+
 def pretrain(dataset:str='synthetic', # dataset name(s) for `load_corpus` ('babel', 'ntu60+babel', ...)
-             method:str='rvtclr', # 'skeletonclr', 'aimclr', 'rvtclr' or 'snipclr'
-             backbone:str='stgcn16', snippet:bool=True, snippet_weight:float=1.5, t_grid:int|None=None,
-             out_dir:str|Path|None=None, # default: <output_dir>/pretrain/<dataset>-<method>[-snippet]
+             method:str='snipclr', # 'skeletonclr', 'aimclr', 'rvtclr', 'crossclr' or 'snipclr'
+             backbone:str|None=None, # None: the preset's
+             snippet:bool|None=None, # add the snippet term; None: the preset's (True for 'snipclr')
+             snippet_weight:float|None=None, t_grid:int|None=None, # None: the preset's
+             preset:str='light', # 'light', 'official' or 'snipnb' (`snipnb.contrastive.PRESETS`): model and recipe
+             out_dir:str|Path|None=None, # default: <output_dir>/pretrain/<run name>
              resume:bool=False, corpus_options:dict|None=None, # e.g. {'size': 'quick'} for the synthetic data
-             pretext_options:dict|None=None, # queue_size, mining_epoch, topk, ... (see `Pretext`)
+             pretext_options:dict|None=None, # queue_size, mining_epoch, topk, query_augment, ... (see `Pretext`)
+             backbone_options:dict|None=None, # strides, data_bn, ... (see `SkeletonBackbone`)
              progress:bool=True,
-             **train_options, # any `TrainConfig` field: epochs, batch_size, clip_len, lr, seed, device, ...
+             **train_options, # any `TrainConfig` field (epochs, batch_size, clip_len, lr, seed, ...): overrides the preset's
             ) -> Trainer:
     "Self-supervised pretraining of a backbone with a pretext; returns the trainer (its history, model, checkpoint)."
-    cfg = TrainConfig(**{'warmup_epochs': 0, **train_options})
+    recipe = preset_config(method, preset)['train']
+    cfg = TrainConfig(**{'warmup_epochs': 0, **recipe, **train_options})
     rank, world, _ = init_distributed()
     if world > 1 and rank != 0: dist.barrier()                   # rank 0 converts the corpus once, the others wait
     corpus = pretrain_splits(load_corpus(dataset, progress=progress and rank == 0, **(corpus_options or {})))
     if world > 1 and rank == 0: dist.barrier()
     x0 = corpus.clips([0], [0], cfg.clip_len)[0]
     torch.manual_seed(cfg.seed)
-    model = build_pretext(method, backbone, snippet=snippet, snippet_weight=snippet_weight, t_grid=t_grid,
-                          in_channels=x0.shape[1], num_persons=x0.shape[-1], **(pretext_options or {}))
-    name = f"{dataset}-{method}" + ('-snippet' if snippet and method != 'snipclr' else '')
+    options = {**(backbone_options or {}), **(pretext_options or {})}
+    options.update({k: v for k, v in dict(snippet_weight=snippet_weight, t_grid=t_grid).items() if v is not None})
+    model = build_pretext(method, backbone, snippet=snippet, preset=preset, in_channels=x0.shape[1],
+                          num_persons=x0.shape[-1], **options)
+    name = run_name(dataset, method, model.snippet, preset)
     out_dir = Path(out_dir) if out_dir else Path(get_setting('output_dir'))/'pretrain'/name
     device = get_device(cfg.device)
     def data(epoch, skip, shard):

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
-from snipnb.metrics import (detection_map, detection_ap, pkummd_map, pkummd_overlaps, read_pkummd_predictions,
+from snipnb.metrics import (detection_map, detection_ap, pkummd_map, pkummd_match, read_pkummd_predictions,
                             read_pkummd_ground_truth, write_pkummd_predictions, frame_accuracy, edit_score,
                             f1_at_overlap, segment_counts, segmentation_metrics, segment_iou)
 
@@ -117,69 +117,104 @@ def test_monotone_score_transform(seed):
     moved = [(*p[:4], np.exp(3 * p[4]) - 7) for p in preds]
     assert detection_map(moved, gts) == detection_map(preds, gts)
 
-# ---------- PKU-MMD: a loop written the way the official evaluate.py reads
-def official_ap(props, ratio, total):
-    props = sorted(props, key=lambda x: x[3]); pos = float(sum(x[4] >= ratio for x in props))
-    number, score, old_p = float(len(props)), 0., 0.
-    if total == 0: return 0
-    old_r = min(pos / total, 1)
-    for x in props:
-        number -= 1
-        if x[4] < ratio: continue
-        pos -= 1
-        if number == 0: break
-        p, r = pos / number, min(pos / total, 1)
-        if p > old_p: old_p = p
-        score += old_p * (old_r - r); old_r = r
-    return score + old_p * old_r
+# ---------- PKU-MMD: loops written the way the official evaluate.py reads
+# (ECHO960/PKU-MMD, evaluate.py at b492698ba826527268a9086b53b761a175921570: calc_pr, match, f1, ap, process)
+def ref_overlap(p, g):  # rows (label, start, end, confidence, video)
+    if int(p[0]) != int(g[0]) or p[4] != g[4]: return 0
+    return (min(p[2], g[2]) - max(p[1], g[1])) / (max(p[2], g[2]) - min(p[1], g[1]))
 
-def official_metric(pred_by_video, gt_by_video, theta, n_labels=52):
-    vp, vg = [], []
-    for v in pred_by_video:
-        props = [list(p) for p in pred_by_video[v]]
-        for p in props:
-            ov = 0.
-            for l, s, e, c in gt_by_video.get(v, []):
-                if int(l) != int(p[0]): continue
-                ov = max(ov, (min(e, p[2]) - max(s, p[1])) / (max(e, p[2]) - min(s, p[1])))
-            p.append(ov)
-        vp.append(props); vg.append(gt_by_video.get(v, []))
-    a_props = [[p for x in vp for p in x if int(p[0]) == c] for c in range(n_labels)]
-    a_total = [sum(int(g[0]) == c for x in vg for g in x) for c in range(n_labels)]
-    all_props = sum(a_props, []); total = sum(a_total)
-    pos = sum(x[4] >= theta for x in all_props)
-    prec, rec = pos / len(all_props), pos / total
-    return {'f1': 2 * prec * rec / (prec + rec), 'ap': official_ap(all_props, theta, total),
-            'map_action': sum(official_ap(a_props[c], theta, a_total[c]) for c in range(n_labels)) / n_labels,
-            'map_video': sum(official_ap(vp[x], theta, len(vg[x])) for x in range(len(vp))) / len(vp),
-            '2dap': sum(official_ap(all_props, (r + 1) * .01, total) for r in range(100)) / 100}
+def ref_match(props, ratio, grounds):
+    chosen = [-1] * len(props); count = [0] * len(grounds)
+    for x, p in enumerate(props):
+        for y, g in enumerate(grounds):
+            if int(g[0]) != int(p[0]): continue
+            if ref_overlap(p, g) < ratio: continue
+            if ref_overlap(p, g) < ref_overlap(p, grounds[chosen[x]]): continue  # chosen[x] == -1: grounds[-1]
+            chosen[x] = y
+        if chosen[x] != -1: count[chosen[x]] += 1
+    return chosen, count, sum(c > 0 for c in count)
+
+def ref_pr(positive, n, g): return (positive / n, positive / g) if n and g else (0, 0)
+
+def ref_f1(props, ratio, grounds):
+    positive = ref_match(props, ratio, grounds)[2]
+    p, r = ref_pr(positive, len(props), len(grounds))
+    return 2 * p * r / (p + r)  # ZeroDivisionError when nothing is hit, as the script
+
+def ref_ap(props, ratio, grounds):
+    props = sorted(props, key=lambda x: x[3])
+    chosen, count, positive = ref_match(props, ratio, grounds)
+    left = len(props); best, old_r = ref_pr(positive, left, len(grounds)); score = 0
+    for x in range(len(props)):
+        left -= 1
+        if chosen[x] == -1: continue
+        count[chosen[x]] -= 1
+        if count[chosen[x]] == 0: positive -= 1
+        p, r = ref_pr(positive, left, len(grounds))
+        if p > best: best = p
+        score += best * (old_r - r); old_r = r
+    return score
+
+def official_metric(pred_by_video, gt_by_video, theta, n_labels=51):
+    "process(): videos in the order given, proposals and ground truths pooled class by class."
+    vp = [[(*map(float, p[:4]), v) for p in pred_by_video[v]] for v in pred_by_video]
+    vg = [[(*map(float, g[:3]), 1., v) for g in gt_by_video.get(v, [])] for v in pred_by_video]
+    a_props = [[p for x in vp for p in x if int(p[0]) == c] for c in range(n_labels + 1)]
+    a_grounds = [[g for x in vg for g in x if int(g[0]) == c] for c in range(n_labels + 1)]
+    all_props, all_grounds = sum(a_props, []), sum(a_grounds, [])
+    try: f1 = ref_f1(all_props, theta, all_grounds)
+    except ZeroDivisionError: f1 = 0.
+    return {'f1': f1, 'ap': ref_ap(all_props, theta, all_grounds),
+            'map_action': sum(ref_ap(a_props[c], theta, a_grounds[c]) for c in range(1, n_labels + 1)) / n_labels,
+            'map_video': sum(ref_ap(vp[x], theta, vg[x]) for x in range(len(vp))) / len(vp),
+            '2dap': sum(ref_ap(all_props, (r + 1) * .05, all_grounds) for r in range(20)) / 20}
 
 def _by_video(rows):
     out = {}
     for r in rows: out.setdefault(r[0], []).append(tuple(r[1:5]))
     return out
 
-def test_pkummd_many_to_one():
+def test_pkummd_shared_ground_truth():
     gt = [('a', 1, 0, 10, 1), ('a', 2, 20, 30, 2), ('b', 1, 0, 10, 1)]
     preds = [('a', 1, 0, 10, .9), ('a', 1, 1, 10, .8), ('a', 2, 20, 30, .7), ('b', 1, 0, 10, .6)]
+    assert list(pkummd_match(preds, gt)) == [0, 0, 1, 2]                 # two proposals on ground truth 0
     r = pkummd_map(preds, gt, num_classes=2)
-    assert r['f1'] == pytest.approx(8 / 7)
-    assert list(pkummd_overlaps(preds, gt)) == pytest.approx([1, .9, 1, 1])
-    assert official_ap([(1, 0, 10, .5, 1.)], .5, 1) == 0 == pkummd_map([('b', 1, 0, 10, .6)], [('b', 1, 0, 10)], num_classes=1)['ap']
+    assert r['f1'] == pytest.approx(2 * .75 / 1.75)                      # 3 ground truths hit, 4 proposals
+    assert r['ap'] == pytest.approx(5 / 6) and r['map_video'] == pytest.approx(11 / 12)
+    assert pkummd_map([('b', 1, 0, 10, .6)], [('b', 1, 0, 10)], num_classes=1)['ap'] == 1.  # one perfect proposal
+    # the best ground truth of each proposal, not a one-to-one assignment: both proposals take gt 1 (9/11 and 1)
+    assert list(pkummd_match([('v', 1, 3, 13, .9), ('v', 1, 4, 14, .8)], [('v', 1, 0, 10), ('v', 1, 4, 14)])) == [1, 1]
 
-@pytest.mark.parametrize('theta', [.1, .3, .5])
+def test_pkummd_match_starts_against_the_last_ground_truth():
+    a, b, p = ('v', 1, 0, 10), ('v', 2, 100, 110), [('v', 1, 20, 30, .9)]   # overlap with a: -10/30
+    assert list(pkummd_match(p, [a, b], -.5)) == [-1] and list(pkummd_match(p, [b, a], -.5)) == [1]
+    assert ref_match([(1, 20, 30, .9, 'v')], -.5, [(1, 0, 10, 1, 'v'), (2, 100, 110, 1, 'v')])[0] == [-1]
+    assert ref_match([(1, 20, 30, .9, 'v')], -.5, [(2, 100, 110, 1, 'v'), (1, 0, 10, 1, 'v')])[0] == [1]
+    assert list(pkummd_match([('v', 1, 0, 10, .9)], [('w', 1, 50, 60)], 0.)) == [0]  # another video: overlap 0 >= 0
+    assert list(pkummd_match([('v', 1, 0, 10, .9)], [('v', 1, 0, 10), ('v', 1, 0, 10)])) == [1]  # ties: the last
+
+def test_pkummd_f1_is_zero_where_the_script_raises():
+    preds, gt = [('v', 1, 5, 15, .9)], [('v', 1, 20, 30)]
+    with pytest.raises(ZeroDivisionError): ref_f1([(1, 5, 15, .9, 'v')], .5, [(1, 20, 30, 1, 'v')])
+    assert pkummd_map(preds, gt)['f1'] == 0. and pkummd_map([], gt)['f1'] == 0.
+
+def test_pkummd_2dap_thresholds_are_floats():
+    r = pkummd_map([('v', 1, 0, 3, .9)], [('v', 1, 0, 10)], theta=.3)  # overlap exactly .3; 6 * .05 > .3
+    assert (r['ap'], r['2dap']) == (1., 5 / 20)
+
+@pytest.mark.parametrize('theta', [.1, .3, .5, 0., -.4])
 def test_pkummd_matches_official_loop_on_random_data(theta):
     rng = np.random.default_rng(1)
-    for _ in range(30):
-        preds, gts = random_detections(rng, n_gt=25, n_pred=50)
+    for k in range(30):
+        preds, gts = random_detections(rng, n_gt=25, n_pred=50, ties=bool(k % 2))
         gts = [g + (1,) for g in gts]
         videos = sorted({p[0] for p in preds} | {g[0] for g in gts})
         preds.sort(key=lambda p: videos.index(p[0]))  # rows video by video, as the files are read
         gt_v = {v: [g[1:] for g in gts if g[0] == v] for v in videos}
         pred_v = {v: [p[1:] for p in preds if p[0] == v] for v in videos}
-        ref = official_metric(pred_v, gt_v, theta, n_labels=4)
+        ref = official_metric(pred_v, gt_v, theta, n_labels=3)
         ours = pkummd_map(preds, gts, theta=theta, num_classes=3, videos=videos)
-        for k in ref: assert ours[k] == pytest.approx(ref[k], abs=1e-12), k
+        for key in ref: assert ours[key] == ref[key], (k, key)   # same operations in the same order: bit for bit
 
 def test_pkummd_write_read_roundtrip(tmp_path):
     preds = [('0001-M', 5, 187, 281, 0.338812), ('0001-M', 43, 276, 430, 0.447702), ('0002-L', 2, 0, 9, 1.0)]
@@ -193,24 +228,22 @@ def pkummd_fixture(shared_data):
     if not (folder/'expected.json').exists(): pytest.skip(f"{folder} has no expected.json")
     return folder, json.loads((folder/'expected.json').read_text())
 
-def test_pkummd_fixture_matches_the_published_script(pkummd_fixture):
+def test_pkummd_fixture_matches_the_reference_loops(pkummd_fixture):
     folder, _ = pkummd_fixture
     preds, gts = read_pkummd_predictions(folder/'pred'), read_pkummd_ground_truth(folder/'ground')
     videos = sorted({p[0] for p in preds})
-    for theta in (.1, .3, .5):
+    for theta in (.1, .5):
         ref = official_metric(_by_video(preds), {v: [g[1:] for g in gts if g[0] == v] for v in videos}, theta)
         ours = pkummd_map(preds, gts, theta=theta)
-        for k in ref: assert ours[k] == pytest.approx(ref[k], abs=1e-12), (theta, k)
+        for k in ref: assert ours[k] == ref[k], (theta, k)
 
-@pytest.mark.xfail(strict=True, reason="expected.json disagrees with the published evaluate.py: its F1 counts one positive "
-                   "per ground truth (138 = distinct ground truths hit at 0.1), the script counts every proposal (175)")
 def test_pkummd_fixture_expected_json(pkummd_fixture):
     folder, expected = pkummd_fixture
     preds, gts = read_pkummd_predictions(folder/'pred'), read_pkummd_ground_truth(folder/'ground')
     for th in ('0.1', '0.3', '0.5'):
         ours = pkummd_map(preds, gts, theta=float(th))
         for k, v in expected[th].items(): assert abs(ours[k] - v) < 1e-9, (th, k)
-    assert abs(ours['2dap'] - expected['2dap']) < 1e-9
+        assert abs(ours['2dap'] - expected['2dap']) < 1e-9
 
 # ---------- segmentation metrics (MS-TCN)
 TRUE = [0, 1, 1, 1, 1, 0, 2, 2, 2, 2]

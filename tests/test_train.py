@@ -80,7 +80,7 @@ def test_pretrain_notebook_under_papermill(repo, tmp_path):
              '-p', 'batch_size', '4', '-p', 'clip_len', '32', '-p', 'max_steps', '2', '-p', 'queue_size', '64',
              '-p', 'device', 'cpu', '-p', 'out_dir', str(out), cwd=tmp_path, env={'SNIPNB_CACHE_DIR': str(tmp_path/'cache')})
     summary = json.loads((out/'summary.json').read_text())
-    assert summary['epochs'] == 1 and summary['method'] == 'rvtclr'
+    assert summary['epochs'] == 1 and summary['method'] == 'snipclr' and summary['preset'] == 'light'
     bb = pretrained_backbone(out/'last.pt')
     assert sum(p.numel() for p in bb.parameters()) == summary['backbone_parameters']
     assert (out/'losses.html').exists() and (out/'metrics.csv').exists()
