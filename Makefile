@@ -22,8 +22,8 @@ install: torch
 install-dev: torch
 	$(PIP) install -e ".[dev]"
 
-# The main job on the embedded synthetic default, through papermill: pretraining (RVTCLR + the
-# snippet term, 1/4-width ST-GCN), then fine-tuning with the U-fusion decoder and the metric table.
+# The main job on the embedded synthetic default, through papermill: pretraining (SnipCLR = RVTCLR +
+# the snippet term, light preset: 1/4-width ST-GCN), then fine-tuning with the U-fusion decoder and the metric table.
 # The 'quick' preset below is sized for 2 CPU cores (a few minutes); on a GPU raise RUN_PARAMS.
 PRETRAIN_PARAMS ?= -p size quick -p epochs 3 -p batch_size 16 -p clip_len 100 -p queue_size 1024
 LOCALIZE_PARAMS ?= -p size quick -p subset 1 -p protocol finetune -p epochs 10 -p clip_len 100

@@ -18,7 +18,7 @@ from .datasets import load_corpus, Corpus, DatasetNotFound
 from .backbones import build_backbone
 from .ufusion import build_localizer
 from .augment import get_augment
-from .contrastive import build_pretext
+from .contrastive import build_pretext, preset_config, PRESETS
 from .train import Trainer, TrainConfig, pretrain, pretrained_backbone
 from . import metrics
 from .protocols import localize, fit_localizer, evaluate, predict_probs, load_localizer

@@ -16,13 +16,16 @@ from .skeleton import Sequence
 from .datasets import Corpus, load_corpus, window_starts
 from .backbones import SkeletonBackbone, build_backbone, backbone_from_state
 from .ufusion import build_localizer, Localizer
-from .train import Trainer, TrainConfig, load_checkpoint, pretrained_backbone, CheckpointError
+from .train import (Trainer, TrainConfig, load_checkpoint, save_checkpoint, pretrained_backbone, CheckpointError,
+                          is_main_process)
 from .contrastive import upcast
 
 # %% auto #0
-__all__ = ['PROTOCOLS', 'PAPER_THRESHOLDS', 'DECODERS', 'frame_loss', 'FrozenBackbone', 'frame_features', 'KNNLocalizer',
-           'build_protocol_model', 'edge_weights', 'predict_probs', 'runs', 'nms', 'decode_paper', 'decode_argmax',
-           'localize', 'eval_split', 'localizer_step', 'fit_localizer', 'load_localizer', 'evaluate', 'metric_table']
+__all__ = ['PROTOCOLS', 'PAPER_THRESHOLDS', 'DECODERS', 'SELECTIONS', 'frame_loss', 'sequence_batches', 'FrozenBackbone',
+           'frame_features', 'KNNLocalizer', 'build_protocol_model', 'edge_weights', 'predict_probs',
+           'inference_window', 'runs', 'nms', 'decode_paper', 'decode_argmax', 'decode_official', 'localize',
+           'validation_split', 'selection_record', 'SelectingTrainer', 'eval_split', 'localizer_step', 'fit_localizer',
+           'load_localizer', 'evaluate', 'metric_table']
 
 # %% ../nbs/12_protocols.ipynb #c1200e79
 def frame_loss(logits:Tensor, # (N, T, K+1)
@@ -31,6 +34,26 @@ def frame_loss(logits:Tensor, # (N, T, K+1)
     "Mean per-frame cross-entropy over the labelled frames."
     logits = upcast(logits)
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-1)
+
+# %% ../nbs/12_protocols.ipynb #ba91f3fe
+def sequence_batches(corpus:Corpus, # the recordings to batch whole
+                     batch_size:int=8, shuffle:bool=True, seed:int=0, device=None,
+                     shard:tuple=(0, 1), # (rank, world size): this process's share of the recordings
+                     skip:int=0, # batches to skip (resuming in the middle of an epoch)
+                     padding_label:int=-1, # label of padded frames: -1 is ignored by `frame_loss`; 1: the official collate
+                    ):
+    "Whole recordings zero-padded to the longest of each batch: dicts with x (N, C, T_max, V, M), y (N, T_max), mask, lengths."
+    device = get_device(device)
+    order = np.random.default_rng(seed).permutation(len(corpus)) if shuffle else np.arange(len(corpus))
+    rank, world = shard
+    if world > 1: order = order[:len(order) // world * world][rank::world]   # equal shares: ranks step together
+    for b in range(skip * batch_size, len(order), batch_size):
+        pos = order[b:b + batch_size]
+        lengths = corpus.lengths[pos]
+        x, y, mask = corpus.clips(pos, np.zeros(len(pos), np.int64), int(lengths.max()), pad='zero')
+        if padding_label != -1: y = np.where(mask, y, padding_label)
+        x, y, mask = (torch.from_numpy(v).to(device) for v in (x, y, mask))
+        yield {'x': x, 'y': y, 'mask': mask, 'lengths': torch.as_tensor(lengths), 'position': torch.as_tensor(pos)}
 
 # %% ../nbs/12_protocols.ipynb #08e040cc
 PROTOCOLS = ('linear', 'knn', 'finetune', 'scratch')
@@ -128,13 +151,14 @@ def _clip_tensor(joints:np.ndarray, start:int, window:int) -> np.ndarray:
 @torch.no_grad()
 def predict_probs(model:nn.Module, # a localizer: (N, C, T, V, M) -> (N, T, K+1) logits
                   joints:np.ndarray|Sequence, # (T, M, V, C) or a Sequence
-                  window:int=150, # frames per window
+                  window:int|str=150, # frames per window; 'whole': one pass over the whole recording
                   overlap:int|None=None, # frames shared by neighbouring windows (default window // 2)
                   batch_size:int=16, device=None) -> np.ndarray: # (T, K+1) probabilities
     "Frame probabilities for a whole recording of any length, from overlapping windows."
     joints = joints.joints if isinstance(joints, Sequence) else np.asarray(joints, np.float32)
     device = get_device(device); model = model.to(device).eval()
     T = len(joints)
+    if window == 'whole': window, overlap = T, 0
     overlap = window // 2 if overlap is None else overlap
     if not 0 <= overlap < window: raise ValueError(f"overlap must be in [0, window), got {overlap} for window {window}")
     starts = window_starts(T, window, window - overlap)
@@ -149,6 +173,12 @@ def predict_probs(model:nn.Module, # a localizer: (N, C, T, V, M) -> (N, T, K+1)
             n = min(window, T - int(s))
             acc[s:s + n] += ps[:n] * w[:n, None]; norm[s:s + n] += w[:n]
     return (acc / norm[:, None]).cpu().numpy()
+
+def inference_window(model:nn.Module, window:int|str|None=None) -> int|str:
+    "`window` if given, else 'whole' for a model trained on whole sequences, else its training clip length, else 150."
+    if window is not None: return window
+    if getattr(model, 'whole_sequence', False): return 'whole'
+    return getattr(model, 'clip_len', None) or 150
 
 # %% ../nbs/12_protocols.ipynb #d97c72ae
 PAPER_THRESHOLDS = (0.03, 0.035, 0.04, 0.045, 0.05)
@@ -220,21 +250,81 @@ def decode_argmax(probs:np.ndarray, min_len:int=3) -> list:
             if e - s >= min_len: out.append((int(c), s, e, float(probs[s:e, c].mean())))
     return sorted(out, key=lambda r: r[1])
 
-DECODERS = {'paper': decode_paper, 'argmax': decode_argmax}
+def decode_official(probs:np.ndarray, **options) -> list:
+    "`decode_paper` with the official code's arithmetic (inclusive ends, +1 lengths): the official numbers, up to ties."
+    return decode_paper(probs, official=True, **options)
+
+DECODERS = {'paper': decode_paper, 'official': decode_official, 'argmax': decode_argmax}
 
 # %% ../nbs/12_protocols.ipynb #f8c2a3c2
 def localize(model:nn.Module, # a trained localizer (any protocol)
              sequence:Sequence|np.ndarray, # a recording (T, M, V, C) of any length
-             window:int|None=None, # frames per window (default: the model's training clip length, else 150)
+             window:int|str|None=None, # frames per window, or 'whole' (default: `inference_window(model)`)
              overlap:int|None=None, # default window // 2
-             decoding:str='paper', # 'paper' or 'argmax'
+             decoding:str='paper', # 'paper', 'official' or 'argmax'
              device=None, batch_size:int=16,
              **decode_options) -> list: # [(label, start, end, score)], end exclusive
     "Action segments of one recording: sliding-window probabilities, stitched, then decoded."
     if decoding not in DECODERS: raise ValueError(f"unknown decoding {decoding!r}; use one of {list(DECODERS)}")
-    window = window or getattr(model, 'clip_len', None) or 150
+    window = inference_window(model, window)
     probs = predict_probs(model, sequence, window, overlap, batch_size, device)
     return DECODERS[decoding](probs, **decode_options)
+
+# %% ../nbs/12_protocols.ipynb #e9dc93fe
+SELECTIONS = {'final': 'the last epoch',
+              'best_val': 'the best epoch on a validation split of the training videos',
+              'official': 'the best epoch on the TEST set, as the official script (optimistic)'}
+
+def validation_split(train:Corpus, # the training videos
+                     fraction:float=0.1, # share held out for validation (at least one video, at least one left)
+                     seed:int=0) -> tuple: # (training view, validation view)
+    "Hold out a fixed random `fraction` of the training videos for model selection."
+    if len(train) < 2: raise ValueError(f"{train.name}: {len(train)} training video(s): too few to hold out a validation split")
+    if not 0 < fraction < 1: raise ValueError(f"val_fraction must be in (0, 1), got {fraction}")
+    order = np.argsort(train.names, kind='stable')
+    perm = order[np.random.default_rng(seed).permutation(len(order))]
+    n = min(max(1, int(round(fraction * len(train)))), len(train) - 1)
+    return train._view(np.sort(train.indices[perm[n:]])), train._view(np.sort(train.indices[perm[:n]]))
+
+def selection_record(select:str, epoch:int|None, score:float|None=None) -> dict:
+    "How the reported model was chosen: select, epoch, score, optimistic, description."
+    return {'select': select, 'epoch': epoch, 'score': score, 'optimistic': select == 'official',
+            'description': SELECTIONS[select]}
+
+# %% ../nbs/12_protocols.ipynb #bf53fbc6
+class SelectingTrainer(Trainer):
+    "A `Trainer` that scores the model after every epoch and keeps the best epoch's weights in best.pt."
+    def __init__(self, *args, score=None, # `score(model) -> float`, higher is better; None: no scoring
+                 **kwargs):
+        super().__init__(*args, **kwargs)
+        self.score = score
+
+    @property
+    def best_path(self) -> Path: return self.out_dir/'best.pt'
+
+    def best(self) -> dict|None:
+        "The history row of the best-scored epoch so far (the earliest of equal scores)."
+        rows = [r for r in self.history if r.get('select_score') is not None]
+        return max(rows, key=lambda r: r['select_score']) if rows else None
+
+    def log(self, row:dict):
+        if self.score is not None and 'select_score' not in row:      # a new epoch (replayed rows carry their score)
+            best = self.best()
+            row = {**row, 'select_score': float(self.score(self.model))}
+            if (best is None or row['select_score'] > best['select_score']) and is_main_process():
+                save_checkpoint(self.best_path, {'model': self.model.state_dict(), 'model_config': self.model_config,
+                                                 'epoch': row['epoch'], 'select_score': row['select_score']})
+        super().log(row)
+
+    def load_best(self) -> dict:
+        "Load the best epoch's weights into the model; returns its history row."
+        best = self.best()
+        if best is None: raise CheckpointError(f"{self.out_dir}: no scored epoch to select from")
+        s = load_checkpoint(self.best_path)
+        if s.get('epoch') != best['epoch']:
+            raise CheckpointError(f"{self.best_path}: holds epoch {s.get('epoch')}, but the run's best epoch is {best['epoch']}")
+        self.model.load_state_dict(s['model'])
+        return best
 
 # %% ../nbs/12_protocols.ipynb #eebb40b8
 def eval_split(corpus:Corpus) -> str:
@@ -252,9 +342,17 @@ def fit_localizer(dataset:str='synthetic', # a load_corpus name: 'synthetic', 'b
                   label_fraction:float=1.0, label_seed:int=0, subset=None, # synthetic: 1, 2, 3 or class names
                   corpus_options:dict|None=None, out_dir:str|Path|None=None, resume:bool=False, progress:bool=True,
                   knn_k:int=20,
-                  **train_options, # TrainConfig fields: epochs, batch_size, clip_len, lr, seed, device, ...
+                  select:str='final', # 'final', 'best_val' or 'official' (best epoch on the test set: optimistic)
+                  val_fraction:float=0.1, val_seed:int=0, # the validation split of select='best_val'
+                  decoding:str='paper', # decoder of the per-epoch selection score: 'paper', 'official', 'argmax'
+                  padding_label:int=-1, # whole sequences: label of padded frames (-1: ignored; 1: the official collate)
+                  backbone_options:dict|None=None, # more `build_backbone` options when there is no checkpoint
+                  **train_options, # TrainConfig fields: epochs, batch_size, clip_len (None: whole sequences), lr, seed, ...
                  ) -> tuple: # (model, trainer or None, corpus view used for evaluation)
-    "Train (or, for kNN, fit) a localizer with a protocol; returns the model, its trainer and the evaluation corpus."
+    "Train (or, for kNN, fit) a localizer with a protocol; returns the model (with `.selection`), its trainer and the evaluation corpus."
+    if select not in SELECTIONS: raise ValueError(f"unknown select {select!r}; use one of {list(SELECTIONS)}")
+    if decoding not in DECODERS: raise ValueError(f"unknown decoding {decoding!r}; use one of {list(DECODERS)}")
+    if protocol == 'knn' and select != 'final': raise ValueError("protocol 'knn' trains no epochs: use select='final'")
     corpus = load_corpus(dataset, progress=progress, **(corpus_options or {}))
     if subset is not None:
         from snipnb.synthetic import SYNTHETIC_SUBSETS
@@ -262,39 +360,62 @@ def fit_localizer(dataset:str='synthetic', # a load_corpus name: 'synthetic', 'b
     train = corpus.split('train')
     if label_fraction < 1: train = train.label_fraction(label_fraction, label_seed)
     test = corpus.split(eval_split(corpus))
+    if select == 'best_val': train, val = validation_split(train, val_fraction, val_seed)
     lr = 1e-4 if protocol in ('finetune', 'scratch') and ufusion else 1e-3
     cfg = TrainConfig(**{'optimizer': 'adam', 'lr': lr, 'weight_decay': 1e-4, 'batch_size': 8, 'epochs': 40,
                          'steps': (30, 35), 'warmup_epochs': 10, 'clip_len': 150, **train_options})
+    whole = cfg.clip_len is None
     M, V, C = corpus.shape
     model = build_protocol_model(protocol, corpus.num_classes, checkpoint, backbone, ufusion, cfg.seed, knn_k,
-                                 in_channels=C, num_persons=M)
-    model.clip_len = cfg.clip_len
+                                 **{'in_channels': C, 'num_persons': M, **(backbone_options or {})})
+    model.clip_len, model.whole_sequence = cfg.clip_len, whole
     model_config = {**model.config, 'protocol': protocol, 'num_classes': corpus.num_classes, 'clip_len': cfg.clip_len,
-                    'class_names': list(corpus.class_names), 'dataset': dataset, 'label_fraction': label_fraction,
-                    'label_seed': label_seed, 'ufusion': ufusion, 'checkpoint': str(checkpoint) if checkpoint else None}
+                    'whole_sequence': whole, 'class_names': list(corpus.class_names), 'dataset': dataset,
+                    'label_fraction': label_fraction, 'label_seed': label_seed, 'ufusion': ufusion,
+                    'checkpoint': str(checkpoint) if checkpoint else None, 'select': select}
+    if whole: model_config['padding_label'] = padding_label
+    if select != 'final': model_config['select_decoding'] = decoding
+    if select == 'best_val': model_config.update(val_fraction=val_fraction, val_seed=val_seed, val_videos=val.names)
     name = f"{dataset}-{protocol}" + ('-ufusion' if ufusion and protocol in ('finetune', 'scratch') else '') + \
            (f'-{label_fraction:g}' if label_fraction < 1 else '')
     out_dir = Path(out_dir) if out_dir else Path(get_setting('output_dir'))/'localize'/name
     device = get_device(cfg.device)
-    stride = cfg.stride or cfg.clip_len // 2
+    stride = None if whole else cfg.stride or cfg.clip_len // 2
     if protocol == 'knn':
-        model.to(device).fit(train.batches(cfg.clip_len, 32, stride, shuffle=False, device=device), seed=cfg.seed)
-        from snipnb.train import save_checkpoint
+        bank = (sequence_batches(train, cfg.batch_size, shuffle=False, device=device) if whole else
+                train.batches(cfg.clip_len, 32, stride, shuffle=False, device=device))
+        model.to(device).fit(bank, seed=cfg.seed)
         save_checkpoint(out_dir/'last.pt', {'model': model.state_dict(), 'model_config': model_config, 'epoch': 0})
+        model.selection = selection_record('final', 0)
         return model, None, test
-    def data(epoch, skip, shard):
-        return train.batches(cfg.clip_len, cfg.batch_size, stride, shuffle=True, seed=cfg.seed * 7919 + epoch,
-                             device=device, shard=shard, skip=skip)
-    steps = math.ceil(len(train.windows(cfg.clip_len, stride)) / cfg.batch_size)
-    trainer = Trainer(model, localizer_step, data, cfg, out_dir, model_config=model_config, steps_per_epoch=steps,
-                      progress=progress)
+    if whole:
+        def data(epoch, skip, shard):
+            return sequence_batches(train, cfg.batch_size, shuffle=True, seed=cfg.seed * 7919 + epoch, device=device,
+                                    shard=shard, skip=skip, padding_label=padding_label)
+        steps = math.ceil(len(train) / cfg.batch_size)
+    else:
+        def data(epoch, skip, shard):
+            return train.batches(cfg.clip_len, cfg.batch_size, stride, shuffle=True, seed=cfg.seed * 7919 + epoch,
+                                 device=device, shard=shard, skip=skip)
+        steps = math.ceil(len(train.windows(cfg.clip_len, stride)) / cfg.batch_size)
+    score = None
+    if select != 'final':
+        held_out = val if select == 'best_val' else test
+        score = lambda m: float(evaluate(m, held_out, decoding=decoding, device=device, progress=False)['detection']['mean'])
+    trainer = SelectingTrainer(model, localizer_step, data, cfg, out_dir, model_config=model_config, steps_per_epoch=steps,
+                               progress=progress, score=score)
+    if not resume: trainer.best_path.unlink(missing_ok=True)      # a best.pt of an earlier run in this folder
     trainer.fit(resume=resume)
+    if select == 'final': model.selection = selection_record('final', trainer.epoch)
+    else:
+        best = trainer.load_best()
+        model.selection = selection_record(select, best['epoch'], best['select_score'])
     return model, trainer, test
 
 # %% ../nbs/12_protocols.ipynb #a26bcefd
-def load_localizer(path:str|Path, # a localizer checkpoint written by `fit_localizer` (last.pt)
+def load_localizer(path:str|Path, # a localizer checkpoint written by `fit_localizer` (last.pt, or best.pt)
                    map_location='cpu') -> nn.Module:
-    "The localizer of a checkpoint, in eval mode, with `clip_len` and `class_names` attributes."
+    "The localizer of a checkpoint (last.pt or best.pt), in eval mode, with `clip_len`, `class_names` and `selection`."
     s = load_checkpoint(path, map_location)
     cfg = s.get('model_config') or {}
     if 'protocol' not in cfg or 'backbone' not in cfg or 'head' not in cfg:
@@ -312,6 +433,10 @@ def load_localizer(path:str|Path, # a localizer checkpoint written by `fit_local
     try: model.load_state_dict(state)
     except RuntimeError as e: raise CheckpointError(f"{path}: weights do not fit the recorded configuration: {e}") from None
     model.clip_len, model.class_names = cfg.get('clip_len'), tuple(cfg.get('class_names') or ()) or None
+    model.whole_sequence = bool(cfg.get('whole_sequence', False))
+    # best.pt holds the selected epoch (with its score); last.pt the final one
+    model.selection = (selection_record(cfg.get('select', 'final'), s.get('epoch'), s['select_score']) if 'select_score' in s
+                       else selection_record('final', s.get('epoch')))
     return model.eval()
 
 # %% ../nbs/12_protocols.ipynb #ea369745
@@ -319,10 +444,11 @@ from .metrics import detection_map, segmentation_metrics
 from tqdm.auto import tqdm
 
 def evaluate(model:nn.Module, corpus:Corpus, # the recordings to score (labelled)
-             window:int|None=None, overlap:int|None=None, decoding:str='paper',
+             window:int|str|None=None, overlap:int|None=None, # default `inference_window(model)`
+             decoding:str='paper', # 'paper', 'official' (the official code's arithmetic) or 'argmax'
              tious=(0.1, 0.2, 0.3, 0.4, 0.5), device=None, batch_size:int=16, progress:bool=True) -> dict:
     "Detection mAP and segmentation metrics of `model` on every recording of `corpus`."
-    window = window or getattr(model, 'clip_len', None) or 150
+    window = inference_window(model, window)
     preds, gts, frame_pred, frame_true = [], [], [], []
     for i in tqdm(range(len(corpus)), desc='evaluating', disable=not progress, leave=False):
         seq = corpus[i]
@@ -332,12 +458,16 @@ def evaluate(model:nn.Module, corpus:Corpus, # the recordings to score (labelled
         gts += [(seq.name, l, s, e) for l, s, e in seq.segments]
         frame_pred.append(probs.argmax(1)); frame_true.append(seq.labels)
     return {'detection': detection_map(preds, gts, tious), 'segmentation': segmentation_metrics(frame_pred, frame_true),
-            'predictions': preds, 'ground_truth': gts, 'videos': len(frame_true)}
+            'predictions': preds, 'ground_truth': gts, 'videos': len(frame_true), 'decoding': decoding, 'window': window,
+            'selection': getattr(model, 'selection', None)}
 
 def metric_table(result:dict) -> dict:
-    "One flat row: mAP@each tIoU and their mean, accuracy, edit and F1@k (fractions)."
+    "One flat row: mAP@each tIoU and their mean, accuracy, edit and F1@k (fractions); decoding and selection."
     det, seg = result['detection'], result['segmentation']
     row = {f'mAP@{t:g}': round(float(v), 4) for t, v in det.items() if t != 'mean'}
     row['mAP avg'] = round(float(det['mean']), 4)
     row.update({k: round(float(v), 4) for k, v in seg.items() if isinstance(v, (int, float, np.floating))})
+    sel = result.get('selection') or {}
+    row.update({'decoding': result.get('decoding'), 'selection': sel.get('select'), 'selected_epoch': sel.get('epoch'),
+                'optimistic': bool(sel.get('optimistic', False))})
     return row

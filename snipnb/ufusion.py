@@ -11,8 +11,9 @@ from torch import Tensor
 from .backbones import SkeletonBackbone, build_backbone, count_parameters
 
 # %% auto #0
-__all__ = ['FRAME_HEADS', 'upsample_to', 'conv_unit', 'UFusion', 'UFusionHead', 'LinearFrameHead', 'Localizer', 'default_taps',
-           'build_localizer', 'MLPHead', 'SnippetHead']
+__all__ = ['FRAME_HEADS', 'OFFICIAL_LOCALIZER_PARAMS', 'OFFICIAL_BASELINE_PARAMS', 'OFFICIAL_UNUSED_DATA_BN', 'upsample_to',
+           'conv_unit', 'UFusion', 'UFusionHead', 'LinearFrameHead', 'Localizer', 'default_taps', 'build_localizer',
+           'official_localizer', 'MLPHead', 'SnippetHead']
 
 # %% ../nbs/06_ufusion.ipynb #568f75bd
 def upsample_to(x:Tensor, # (N, C, T_in)
@@ -115,6 +116,18 @@ def build_localizer(backbone:SkeletonBackbone|str, # a backbone, or a name for `
         raise ValueError(f"taps {taps} must be 1-based blocks in 1..{backbone.num_blocks}")
     channels = [backbone.channels[b - 1] for b in taps]
     return Localizer(backbone, FRAME_HEADS[head](channels, num_classes, hidden), taps, head)
+
+# %% ../nbs/06_ufusion.ipynb #d6be0dca
+OFFICIAL_LOCALIZER_PARAMS = 5_705_415   # SnipCLR model/agcn_Unet.py with num_class 4, num_person 1, counted as built
+OFFICIAL_BASELINE_PARAMS = 3_459_463    # SnipCLR model/agcn.py (no fusion), same configuration
+OFFICIAL_UNUSED_DATA_BN = 2 * (1 * 2 * 25)   # BatchNorm1d(num_person * in_channels(=2) * num_point): built, never called
+
+def official_localizer(num_classes:int=4, # K action classes (the official BABEL subsets: 4)
+                       ufusion:bool=True, # False: the official no-fusion baseline (model/agcn.py)
+                       **options) -> Localizer: # more `build_localizer` / `build_backbone` options
+    "SnipCLR's localization network: full-width 2s-AGCN, strides at blocks 2, 5, 8, no data BN, one person, taps 1, 7, 10."
+    cfg = dict(strides=(2, 5, 8), data_bn=None, num_persons=1, in_channels=3, num_joints=25, graph='agcn')
+    return build_localizer('agcn', ufusion=ufusion, num_classes=num_classes, **{**cfg, **options})
 
 # %% ../nbs/06_ufusion.ipynb #dd97eddd
 class MLPHead(nn.Module):

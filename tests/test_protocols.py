@@ -112,3 +112,106 @@ def test_pretrain_then_localize_through_papermill(repo, tmp_path):
     assert row['protocol'] == 'finetune' and 0 <= row['mAP avg'] <= 1 and {'mAP@0.1', 'mAP@0.5', 'f1@50'} <= set(row)
     assert (tmp_path/'loc'/'predictions.csv').read_text().startswith('video,label,start,end,score')
     assert (tmp_path/'loc'/'metrics.csv').exists() and (tmp_path/'loc'/'timeline.html').exists()
+
+
+# --- the official protocol: whole sequences, model selection, the official network --------------------------------
+from snipnb import protocols as P
+from snipnb.protocols import sequence_batches, frame_loss, validation_split, load_localizer
+from snipnb.backbones import count_parameters
+
+TINY = {'channels': (4, 4, 4, 4, 8, 8, 8, 16, 16, 16)}       # narrow backbone: these tests check bookkeeping, not accuracy
+QUICK = dict(protocol='scratch', subset=1, corpus_options={'size': 'quick'}, clip_len=None, batch_size=4, warmup_epochs=0,
+             max_steps=1, device='cpu', progress=False, backbone_options=TINY)
+
+@pytest.fixture(scope='module')
+def cache(tmp_path_factory):
+    "One synthetic corpus cache for the tests below (building it is the slow part)."
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv('SNIPNB_CACHE_DIR', str(tmp_path_factory.mktemp('cache')))
+        yield
+
+def test_whole_sequence_padding_is_masked(cache):
+    "A padded batch's loss equals the frame-weighted loss of its recordings unpadded (a per-frame model: no context)."
+    from snipnb.datasets import load_corpus
+    train = load_corpus('synthetic', 'train', size='quick', progress=False)
+    b = next(sequence_batches(train, batch_size=4, shuffle=False, device='cpu'))
+    L = train.lengths[:4]
+    assert len(set(L)) > 1 and b['x'].shape[2] == L.max()
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(75, train.num_classes + 1)
+    per_frame = lambda x: lin(x.permute(0, 2, 1, 3, 4).flatten(2))
+    total, frames = 0., 0
+    for i in range(4):
+        s = train[i]
+        x = torch.from_numpy(np.ascontiguousarray(s.joints.transpose(3, 0, 2, 1)))[None]
+        total += torch.nn.functional.cross_entropy(per_frame(x)[0], torch.from_numpy(s.labels), ignore_index=-1, reduction='sum')
+        frames += int((s.labels >= 0).sum())
+    assert frame_loss(per_frame(b['x']), b['y']).item() == pytest.approx(total.item() / frames, rel=1e-5)
+    # the official collate labels padding 1 and counts it: a different loss
+    off = next(sequence_batches(train, batch_size=4, shuffle=False, device='cpu', padding_label=1))
+    assert abs(frame_loss(per_frame(off['x']), off['y']).item() - total.item() / frames) > 1e-3
+    assert (off['y'][~off['mask']] == 1).all() and (b['y'][~b['mask']] == -1).all()
+
+def _spy(monkeypatch):
+    seen = []
+    real = P.predict_probs
+    def spy(model, joints, *a, **k):
+        seen.append(joints.name); return real(model, joints, *a, **k)
+    monkeypatch.setattr(P, 'predict_probs', spy)
+    return seen
+
+def test_best_val_never_looks_at_test_videos(cache, tmp_path, monkeypatch):
+    seen = _spy(monkeypatch)
+    m, tr, test = fit_localizer('synthetic', select='best_val', val_fraction=0.2, val_seed=3, epochs=2,
+                                out_dir=tmp_path/'val', **QUICK)
+    val = load_checkpoint_config(tmp_path/'val'/'last.pt')['val_videos']
+    assert seen and set(seen) == set(val) and not set(seen) & set(test.names)
+    assert len(seen) == 2 * len(val)                                              # one validation pass per epoch
+    from snipnb.datasets import load_corpus
+    from snipnb.synthetic import SYNTHETIC_SUBSETS
+    train = load_corpus('synthetic', size='quick', progress=False).subset(SYNTHETIC_SUBSETS[1]).split('train')
+    assert set(val) <= set(train.names) and set(val) == set(validation_split(train, 0.2, 3)[1].names)
+    assert m.selection['select'] == 'best_val' and not m.selection['optimistic']
+    assert m.selection['epoch'] == max(tr.history, key=lambda r: r['select_score'])['epoch']
+    # the spy does see test videos when selection looks at them
+    seen.clear()
+    fit_localizer('synthetic', select='official', epochs=1, out_dir=tmp_path/'off', **QUICK)
+    assert set(seen) == set(test.names)
+
+def load_checkpoint_config(path):
+    from snipnb.train import load_checkpoint
+    return load_checkpoint(path)['model_config']
+
+def test_official_selection_is_labelled_optimistic(cache, tmp_path):
+    m, tr, test = fit_localizer('synthetic', select='official', decoding='official', epochs=2, out_dir=tmp_path/'off', **QUICK)
+    assert m.selection['optimistic'] and m.selection['select'] == 'official' and 'optimistic' in m.selection['description']
+    res = evaluate(m, test, decoding='official', device='cpu', progress=False)
+    row = metric_table(res)
+    assert res['selection']['optimistic'] and row['optimistic'] is True and row['selection'] == 'official'
+    assert row['decoding'] == 'official' and row['selected_epoch'] == m.selection['epoch']
+    assert row['mAP avg'] == pytest.approx(max(r['select_score'] for r in tr.history), abs=1e-4)   # max over test evaluations
+    again = load_localizer(tmp_path/'off'/'best.pt')                                  # the label survives a reload
+    assert again.selection['optimistic'] and again.selection['epoch'] == m.selection['epoch']
+    final = metric_table(evaluate(load_localizer(tmp_path/'off'/'last.pt'), test, device='cpu', progress=False))
+    assert final['optimistic'] is False and final['selection'] == 'final'
+
+def test_selection_survives_resume(cache, tmp_path):
+    m1, tr1, _ = fit_localizer('synthetic', select='best_val', epochs=1, out_dir=tmp_path/'r', **QUICK)
+    m2, tr2, _ = fit_localizer('synthetic', select='best_val', epochs=2, out_dir=tmp_path/'r', resume=True, **QUICK)
+    assert [r['epoch'] for r in tr2.history] == [1, 2] and all('select_score' in r for r in tr2.history)
+    assert tr2.history[0]['select_score'] == tr1.history[0]['select_score']          # replayed, not re-scored
+    from snipnb.train import load_checkpoint
+    assert load_checkpoint(tmp_path/'r'/'best.pt')['epoch'] == m2.selection['epoch'] == tr2.best()['epoch']
+    with pytest.raises(Exception, match='another model'):                             # a different selection cannot resume it
+        fit_localizer('synthetic', select='official', epochs=3, out_dir=tmp_path/'r', resume=True, **QUICK)
+
+def test_official_localizer_parameter_count():
+    "SnipCLR model/agcn_Unet.py (num_class 4, num_person 1): 5,705,415 parameters, 100 in an unused data_bn BatchNorm1d(50)."
+    from snipnb.ufusion import official_localizer, OFFICIAL_LOCALIZER_PARAMS, OFFICIAL_BASELINE_PARAMS, OFFICIAL_UNUSED_DATA_BN
+    assert (OFFICIAL_LOCALIZER_PARAMS, OFFICIAL_UNUSED_DATA_BN) == (5_705_415, 100)
+    loc = official_localizer(num_classes=4)
+    assert count_parameters(loc) == 5_705_315 == OFFICIAL_LOCALIZER_PARAMS - OFFICIAL_UNUSED_DATA_BN
+    assert count_parameters(build_localizer('agcn', strides=(2, 5, 8), data_bn=None, num_persons=1, num_classes=4)) == 5_705_315
+    assert count_parameters(official_localizer(ufusion=False)) == OFFICIAL_BASELINE_PARAMS - 100 == 3_459_363
+    assert loc.backbone.data_bn is None and loc.taps == (1, 7, 10) and loc.backbone.strides == (2, 5, 8)
+    assert loc(torch.randn(1, 3, 45, 25, 1)).shape == (1, 45, 5)
