@@ -6,7 +6,7 @@ Docs: https://snipnb.github.io/snipnb/cli.html.md"""
 
 # %% ../nbs/10_cli.ipynb #ecb8acc3
 from __future__ import annotations
-import argparse
+import argparse, json
 import torch.distributed as dist
 from .train import pretrain, is_main_process
 
@@ -30,6 +30,7 @@ def pretrain_parser() -> argparse.ArgumentParser:
     p.add_argument('--size', default=None, help="synthetic corpus size ('quick', 'default' or a number)")
     p.add_argument('--queue-size', type=int, default=None); p.add_argument('--mining-epoch', type=int, default=None)
     p.add_argument('--no-mining', action='store_true', help='no nearest-neighbour mining, whatever the preset says')
+    p.add_argument('--pretext-json', default=None, help='more pretext options as JSON, e.g. \'{"similarity": "dot"}\'')
     for name, typ in [('epochs', int), ('batch-size', int), ('clip-len', int), ('lr', float), ('seed', int),
                       ('warmup-epochs', float), ('weight-decay', float), ('lr-rule', str)]:
         p.add_argument(f'--{name}', type=typ, default=None)
@@ -50,6 +51,7 @@ def pretrain_arguments(a:argparse.Namespace) -> dict:
     if a.data_bn != 'preset': backbone['data_bn'] = a.data_bn
     pretext = _given(queue_size=a.queue_size, mining_epoch=a.mining_epoch)
     if a.no_mining: pretext['mining_epoch'] = None
+    if a.pretext_json: pretext.update(json.loads(a.pretext_json))
     train = _given(epochs=a.epochs, batch_size=a.batch_size, clip_len=a.clip_len, lr=a.lr, seed=a.seed,
                    warmup_epochs=a.warmup_epochs, weight_decay=a.weight_decay, lr_rule=a.lr_rule, optimizer=a.optimizer,
                    steps=tuple(a.steps) if a.steps is not None else None, device=a.device, max_steps=a.max_steps,

@@ -526,7 +526,9 @@ def forward(self:CrosSCLR, x:Tensor, g:torch.Generator|None=None, epoch:int=0) -
 PRETEXTS = {'skeletonclr': SkeletonCLR, 'aimclr': AimCLR, 'rvtclr': RVTCLR, 'crossclr': CrosSCLR}
 METHODS = (*PRETEXTS, 'snipclr')
 
-_NTU_RECIPE = dict(epochs=300, steps=(250,), lr=0.1, batch_size=128, momentum=0.9, nesterov=False, weight_decay=1e-4)
+# official epochs: one clip per recording (a Dataset of samples), float32 (no autocast in the official code)
+_NTU_RECIPE = dict(epochs=300, steps=(250,), lr=0.1, batch_size=128, momentum=0.9, nesterov=False, weight_decay=1e-4,
+                   sampling='recordings', amp=False)
 _NTU_STGCN = dict(dropout=0.5)                   # the official st_gcn.Model passes dropout 0.5 to blocks 2-10
 PRESETS = {
     'light': {m: dict(backbone='stgcn16', backbone_options={}, options={'snippet': m == 'snipclr'},
@@ -551,7 +553,7 @@ PRESETS = {
                                      snippet_topk=5, similarity='dot', dense_key='official', frozen_snippet_pointer=True,
                                      dc_unscaled_positive=True, init='official'),
                         train=dict(epochs=600, steps=(550,), lr=0.1, batch_size=128, momentum=0.9, nesterov=False,
-                                   weight_decay=1e-4, clip_len=300, lr_rule='snipclr')),
+                                   weight_decay=1e-4, clip_len=300, lr_rule='snipclr', sampling='recordings', amp=False)),
     },
 }
 # each official quirk and snipnb's correction of it: the 'snipnb' preset is 'official' with these
@@ -560,7 +562,7 @@ QUIRKS = {'similarity': 'cosine', 'dense_key': 'normalized', 'frozen_snippet_poi
 def _corrected(c:dict) -> dict:
     fix = lambda d: {k: QUIRKS.get(k, v) for k, v in d.items()}
     return dict(c, backbone_options=fix(c['backbone_options']), options=fix(c['options']),
-                train={k: v for k, v in c['train'].items() if k != 'lr_rule'})
+                train={k: v for k, v in c['train'].items() if k not in ('lr_rule', 'amp')})
 PRESETS['snipnb'] = {m: _corrected(c) for m, c in PRESETS['official'].items()}
 
 def preset_config(method:str='rvtclr', # one of `METHODS`

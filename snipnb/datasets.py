@@ -16,9 +16,9 @@ from .skeleton import Sequence, get_layout, labels_to_segments
 
 # %% auto #0
 __all__ = ['CACHE_VERSION', 'DATASET_NAMES', 'NTU60_XSUB_TRAIN', 'NTU120_XSUB_TRAIN', 'NpyAppender', 'cache_key',
-           'files_fingerprint', 'build_cache', 'Corpus', 'window_starts', 'ClipDataset', 'DatasetNotFound', 'Source',
-           'prepare', 'ntu_split', 'ntu_source', 'pkummd_source', 'babel_source', 'synthetic_source', 'get_source',
-           'load_corpus']
+           'files_fingerprint', 'build_cache', 'Corpus', 'window_starts', 'recording_windows', 'ClipDataset',
+           'DatasetNotFound', 'Source', 'prepare', 'ntu_split', 'ntu_source', 'pkummd_source', 'babel_source',
+           'synthetic_source', 'get_source', 'load_corpus']
 
 # %% ../nbs/04_datasets.ipynb #7250ab65
 _HEADER_BYTES = 128  # total bytes before the data: magic (6) + version (2) + length (2) + header text
@@ -290,6 +290,12 @@ def clips(self:Corpus, positions, # positions in this view (N,)
     return np.ascontiguousarray(x.transpose(0, 4, 1, 3, 2)), y, mask
 
 # %% ../nbs/04_datasets.ipynb #379c2c79
+def recording_windows(corpus:Corpus, length:int, seed:int=0) -> np.ndarray:
+    "One (position, start) row per recording, the start drawn uniformly where a `length` clip fits (0 when shorter)."
+    room = np.maximum(np.asarray(corpus.lengths, np.int64) - length, 0)
+    starts = np.floor(np.random.default_rng(seed).random(len(room)) * (room + 1)).astype(np.int64)
+    return np.stack([np.arange(len(room)), starts], 1)
+
 @patch
 def batches(self:Corpus, length:int, # frames per clip
              batch_size:int=32, stride:int|None=None, shuffle:bool=True, seed:int=0, pad:str='zero',
@@ -297,12 +303,13 @@ def batches(self:Corpus, length:int, # frames per clip
              on_device:bool=False, # keep the whole corpus on the device and gather clips there
              shard:tuple=(0, 1), # (rank, world size): this process's share of the windows (distributed training)
              skip:int=0, # batches to skip (resuming in the middle of an epoch)
+             windows:np.ndarray|None=None, # explicit (position, start) rows to batch instead of `windows(length, stride)`
             ):
     "Yield dicts with x (N, C, T, V, M), y (N, T), mask (N, T), position and start tensors."
     import torch
     from snipnb.config import get_device
     device = get_device(device)
-    win = self.windows(length, stride)
+    win = self.windows(length, stride) if windows is None else np.asarray(windows, np.int64).reshape(-1, 2)
     if shuffle: win = win[np.random.default_rng(seed).permutation(len(win))]
     rank, world = shard
     if world > 1: win = win[:len(win) // world * world][rank::world]   # equal shares: ranks step together

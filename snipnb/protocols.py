@@ -24,8 +24,8 @@ from .contrastive import upcast
 __all__ = ['PROTOCOLS', 'PAPER_THRESHOLDS', 'DECODERS', 'SELECTIONS', 'frame_loss', 'sequence_batches', 'FrozenBackbone',
            'frame_features', 'KNNLocalizer', 'build_protocol_model', 'edge_weights', 'predict_probs',
            'inference_window', 'runs', 'nms', 'decode_paper', 'decode_argmax', 'decode_official', 'localize',
-           'validation_split', 'selection_record', 'SelectingTrainer', 'eval_split', 'localizer_step', 'fit_localizer',
-           'load_localizer', 'evaluate', 'metric_table']
+           'validation_split', 'selection_record', 'SelectingTrainer', 'localize_run_name', 'eval_split',
+           'localizer_step', 'fit_localizer', 'load_localizer', 'evaluate', 'metric_table']
 
 # %% ../nbs/12_protocols.ipynb #c1200e79
 def frame_loss(logits:Tensor, # (N, T, K+1)
@@ -327,6 +327,13 @@ class SelectingTrainer(Trainer):
         return best
 
 # %% ../nbs/12_protocols.ipynb #eebb40b8
+def localize_run_name(dataset:str, protocol:str, ufusion:bool=True, label_fraction:float=1.0,
+                      select:str='final', whole:bool=False) -> str:
+    "The run's folder name: <dataset>-<protocol>[-ufusion][-<fraction>][-whole][-<select>]."
+    return (f"{dataset}-{protocol}" + ('-ufusion' if ufusion and protocol in ('finetune', 'scratch') else '') +
+            (f'-{label_fraction:g}' if label_fraction < 1 else '') + ('-whole' if whole else '') +
+            ('' if select == 'final' else f'-{select}'))
+
 def eval_split(corpus:Corpus) -> str:
     "The evaluation split: 'test' when the dataset has one, else 'val'."
     return 'test' if 'test' in corpus.split_names else 'val'
@@ -376,8 +383,7 @@ def fit_localizer(dataset:str='synthetic', # a load_corpus name: 'synthetic', 'b
     if whole: model_config['padding_label'] = padding_label
     if select != 'final': model_config['select_decoding'] = decoding
     if select == 'best_val': model_config.update(val_fraction=val_fraction, val_seed=val_seed, val_videos=val.names)
-    name = f"{dataset}-{protocol}" + ('-ufusion' if ufusion and protocol in ('finetune', 'scratch') else '') + \
-           (f'-{label_fraction:g}' if label_fraction < 1 else '')
+    name = localize_run_name(dataset, protocol, ufusion, label_fraction, select, whole)
     out_dir = Path(out_dir) if out_dir else Path(get_setting('output_dir'))/'localize'/name
     device = get_device(cfg.device)
     stride = None if whole else cfg.stride or cfg.clip_len // 2

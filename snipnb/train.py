@@ -29,6 +29,7 @@ class TrainConfig:
     batch_size: int = 128
     clip_len: int = 150                 # frames per training clip
     stride: int|None = None             # frames between clip starts (None: clip_len)
+    sampling: str = 'windows'           # pretraining epoch: 'windows' (every clip_len window) or 'recordings' (one random window each)
     optimizer: str = 'sgd'              # 'sgd' or 'adam'
     lr: float = 0.1
     momentum: float = 0.9               # SGD momentum
@@ -262,7 +263,7 @@ def fit(self:Trainer, resume:bool=False) -> list:
     return self.history
 
 # %% ../nbs/09_train.ipynb #a9bde128
-from .datasets import load_corpus, Corpus
+from .datasets import load_corpus, Corpus, recording_windows
 from .contrastive import build_pretext, preset_config
 from .backbones import backbone_from_state, backbone_state
 
@@ -276,8 +277,9 @@ def pretrain_splits(corpus:Corpus) -> Corpus:
     return corpus.split('+'.join(keep)) if keep else corpus
 
 def run_name(dataset:str, method:str, snippet:bool, preset:str='light') -> str:
-    "The run's folder name: <dataset>-<method>[-snippet][-<preset>]."
-    return f"{dataset}-{method}" + ('-snippet' if snippet and method != 'snipclr' else '') + ('' if preset == 'light' else f'-{preset}')
+    "The run's folder name: <dataset>-<method>[-snippet|-nosnippet][-<preset>]."
+    tag = ('-snippet' if snippet and method != 'snipclr' else '') + ('-nosnippet' if method == 'snipclr' and not snippet else '')
+    return f"{dataset}-{method}{tag}" + ('' if preset == 'light' else f'-{preset}')
 
 def pretrain(dataset:str='synthetic', # dataset name(s) for `load_corpus` ('babel', 'ntu60+babel', ...)
              method:str='snipclr', # 'skeletonclr', 'aimclr', 'rvtclr', 'crossclr' or 'snipclr'
@@ -306,15 +308,20 @@ def pretrain(dataset:str='synthetic', # dataset name(s) for `load_corpus` ('babe
     model = build_pretext(method, backbone, snippet=snippet, preset=preset, in_channels=x0.shape[1],
                           num_persons=x0.shape[-1], **options)
     name = run_name(dataset, method, model.snippet, preset)
+    if cfg.sampling not in ('windows', 'recordings'):
+        raise ValueError(f"sampling must be 'windows' or 'recordings', not {cfg.sampling!r}")
     out_dir = Path(out_dir) if out_dir else Path(get_setting('output_dir'))/'pretrain'/name
     device = get_device(cfg.device)
     def data(epoch, skip, shard):
-        return corpus.batches(cfg.clip_len, cfg.batch_size, cfg.stride, shuffle=True, seed=cfg.seed * 7919 + epoch,
-                              drop_last=True, device=device, shard=shard, skip=skip)
-    steps = len(corpus.windows(cfg.clip_len, cfg.stride)) // world // cfg.batch_size      # drop_last
+        seed = cfg.seed * 7919 + epoch
+        windows = recording_windows(corpus, cfg.clip_len, seed) if cfg.sampling == 'recordings' else None
+        return corpus.batches(cfg.clip_len, cfg.batch_size, cfg.stride, shuffle=True, seed=seed, drop_last=True,
+                              device=device, shard=shard, skip=skip, windows=windows)
+    clips = len(corpus) if cfg.sampling == 'recordings' else len(corpus.windows(cfg.clip_len, cfg.stride))
+    steps = clips // world // cfg.batch_size      # drop_last
     if steps == 0:
         raise ValueError(f"{dataset}: fewer clips than one batch of {cfg.batch_size}; lower batch_size or clip_len")
-    trainer = Trainer(model, pretrain_step, data, cfg, out_dir, model_config={**model.config, 'dataset': dataset},
+    trainer = Trainer(model, pretrain_step, data, cfg, out_dir, model_config={**model.config, 'method': method, 'preset': preset, 'dataset': dataset},
                       steps_per_epoch=steps, progress=progress)
     trainer.fit(resume=resume)
     return trainer

@@ -78,9 +78,14 @@ def test_pretrain_notebook_under_papermill(repo, tmp_path):
     out = tmp_path/'pt'
     run_tool('papermill', str(repo/'nbs'/'pretrain.ipynb'), str(tmp_path/'out.ipynb'), '-p', 'epochs', '1',
              '-p', 'batch_size', '4', '-p', 'clip_len', '32', '-p', 'max_steps', '2', '-p', 'queue_size', '64',
-             '-p', 'device', 'cpu', '-p', 'out_dir', str(out), cwd=tmp_path, env={'SNIPNB_CACHE_DIR': str(tmp_path/'cache')})
+             '-p', 'device', 'cpu', '-p', 'out_dir', str(out), '-p', 'lr_steps', '1', '-p', 'strides', '5,8',   # papermill: int and str
+             '-p', 'data_bn', 'none', '-p', 'pretext_json', '{"similarity": "dot"}', cwd=tmp_path,
+             env={'SNIPNB_CACHE_DIR': str(tmp_path/'cache')})
     summary = json.loads((out/'summary.json').read_text())
     assert summary['epochs'] == 1 and summary['method'] == 'snipclr' and summary['preset'] == 'light'
+    cfg = load_checkpoint(out/'last.pt')
+    assert cfg['model_config']['backbone']['data_bn'] is None and cfg['model_config']['similarity'] == 'dot'
+    assert cfg['train_config']['steps'] == [1] and cfg['model_config']['preset'] == 'light'
     bb = pretrained_backbone(out/'last.pt')
     assert sum(p.numel() for p in bb.parameters()) == summary['backbone_parameters']
     assert (out/'losses.html').exists() and (out/'metrics.csv').exists()
