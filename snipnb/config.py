@@ -60,7 +60,10 @@ def read_settings(path:str|Path, # a settings.ini file
     "The `[snipnb]` keys of `path`, checked, with relative paths resolved against the file's folder."
     path = Path(path)
     parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=('#', ';'))
-    try: parser.read_string(path.read_text(encoding='utf-8'), source=str(path))
+    try: text = path.read_text(encoding='utf-8')
+    except UnicodeDecodeError as e: raise SettingsError(f"{path}: not a text file (byte {e.start} is not UTF-8)") from None
+    except OSError as e: raise SettingsError(f"{path}: cannot read the settings file ({e.strerror})") from None
+    try: parser.read_string(text, source=str(path))
     except configparser.Error as e: raise SettingsError(f"{path}: malformed settings file: {e}") from None
     if not parser.has_section(SECTION): raise SettingsError(f"{path}: no [{SECTION}] section")
     out = {}

@@ -6,7 +6,7 @@ Docs: https://snipnb.github.io/snipnb/formats.html.md"""
 
 # %% ../nbs/02_formats.ipynb #fca5d856
 from __future__ import annotations
-import json, os, pickle, re, warnings, zipfile
+import builtins, codecs, json, os, pickle, re, warnings, zipfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 import numpy as np
@@ -16,10 +16,10 @@ from .skeleton import Sequence, smplh_to_ntu25, resample_joints, labels_to_segme
 # %% auto #0
 __all__ = ['NTU120_CLASSES', 'NTU60_CLASSES', 'PKUMMD_CLASSES', 'BABEL_CLASSES', 'BABEL_SUBSETS', 'FormatError', 'ntu_name_info',
            'ntu_class_names', 'select_bodies', 'parse_ntu_skeleton', 'read_ntu_skeleton', 'read_ntu_missing',
-           'read_ntu_npy', 'read_stgcn', 'pkummd_class_names', 'read_pkummd_labels', 'read_pkummd', 'read_pkummd_split',
-           'read_babel_classes', 'babel_classes', 'read_babel', 'babel_frame_labels', 'MissingBodyModel',
-           'smplh_model_file', 'read_amass_joints', 'babel_sequence', 'babel_keep', 'read_pyskl', 'read_skeleton',
-           'write_ntu_skeleton', 'write_pkummd']
+           'UnsafePickle', 'SafeUnpickler', 'load_pickle', 'read_ntu_npy', 'read_stgcn', 'pkummd_class_names',
+           'read_pkummd_labels', 'read_pkummd', 'read_pkummd_split', 'read_babel_classes', 'babel_classes',
+           'read_babel', 'babel_frame_labels', 'MissingBodyModel', 'smplh_model_file', 'read_amass_joints',
+           'babel_sequence', 'babel_keep', 'read_pyskl', 'read_skeleton', 'write_ntu_skeleton', 'write_pkummd']
 
 # %% ../nbs/02_formats.ipynb #d5ff76c6
 class FormatError(ValueError):
@@ -31,10 +31,14 @@ def _fail(path, msg:str, line:int|None=None, frame:int|None=None):
     if frame is not None: where += f" (frame {frame})"
     raise FormatError(f"{where}: {msg}")
 
+def _read_text(path) -> str:
+    "The text of a UTF-8 file; a binary file is refused with the offset of its first byte that is not UTF-8."
+    try: return Path(path).read_text(encoding='utf-8')
+    except UnicodeDecodeError as e: _fail(path, f"not a text file (byte {e.start} is not UTF-8)")
+
 def _read_lines(path) -> list:
     "Lines of a text file without their LF or CRLF endings."
-    try: return Path(path).read_text(encoding='utf-8').splitlines()
-    except UnicodeDecodeError as e: _fail(path, f"not a text file (byte {e.start} is not UTF-8)")
+    return _read_text(path).splitlines()
 
 def _write_atomic(path, text:str|bytes):
     "Write `text` (or bytes) to a temporary name next to `path`, then rename: no half-written file is ever left."
@@ -103,11 +107,16 @@ def _body_energy(x:np.ndarray) -> float:
     x = x[np.abs(x).reshape(len(x), -1).sum(1) > 0]
     return 0.0 if len(x) == 0 else float(sum(x[..., c].std() for c in range(x.shape[-1])))
 
+def _check_max_bodies(max_bodies, source:str=''):
+    if isinstance(max_bodies, bool) or not isinstance(max_bodies, (int, np.integer)) or max_bodies < 1:
+        raise ValueError(f"{source + ': ' if source else ''}max_bodies must be a positive integer, got {max_bodies}")
+
 def select_bodies(frames:list, # per frame, a list of (body id, (V, C) joints) in file order
                   max_bodies:int=2, # bodies kept
                   rule:str='id', # 'id': one body per tracking id; 'slot': one per position in the frame
                  ) -> tuple:  # ((T, max_bodies, V, C) float32, kept body keys)
     "Keep the `max_bodies` most active bodies (2s-AGCN energy), in order of first appearance."
+    _check_max_bodies(max_bodies)
     if rule not in ('id', 'slot'): raise ValueError(f"rule must be 'id' or 'slot', got {rule!r}")
     tracks = {}
     for t, bodies in enumerate(frames):
@@ -185,6 +194,7 @@ def read_ntu_skeleton(path, # an NTU RGB+D `.skeleton` file
                      ) -> Sequence:
     "Read a raw NTU RGB+D `.skeleton` file: joints (T, max_bodies, 25, 3) xyz in metres, the clip's action on every frame."
     path = Path(path)
+    _check_max_bodies(max_bodies, str(path))
     frames = parse_ntu_skeleton(path)
     joints, keep = select_bodies(frames, max_bodies, rule)
     T, info = len(frames), ntu_name_info(path.name)
@@ -206,22 +216,96 @@ def read_ntu_missing(path, # an official `NTU_RGBD*_samples_with_missing_skeleto
         elif s and (' ' not in s or names): _fail(path, f"expected a sample name like S001C002P005R002A008, got {s[:60]!r}", k)
     return names
 
+# %% ../nbs/02_formats.ipynb #537ce3c0
+try: from numpy._core import multiarray as _np_multiarray, numeric as _np_numeric      # numpy >= 2
+except ImportError: from numpy.core import multiarray as _np_multiarray, numeric as _np_numeric
+
+def _latin1_bytes(text, encoding='latin1', errors='strict'):
+    "Protocols 0-2 store bytes (and so array data) as `_codecs.encode(text, 'latin1')`: only that is admitted."
+    if encoding not in ('latin1', 'latin-1') or not isinstance(text, str):
+        raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r} is not how a pickle stores bytes")
+    return codecs.encode(text, 'latin1', errors)
+
+_SAFE_GLOBALS = {('numpy', 'ndarray'): np.ndarray, ('numpy', 'dtype'): np.dtype, ('_codecs', 'encode'): _latin1_bytes}
+for _m in ('numpy.core', 'numpy._core'):   # numpy 1 and numpy 2 name the same functions differently
+    _SAFE_GLOBALS.update({(f'{_m}.multiarray', '_reconstruct'): _np_multiarray._reconstruct,   # ndarray.__reduce__
+                          (f'{_m}.multiarray', 'scalar'): _np_multiarray.scalar,                # numpy scalars
+                          (f'{_m}.numeric', '_frombuffer'): _np_numeric._frombuffer})           # arrays, protocol 5
+for _m in ('builtins', '__builtin__'):     # protocols 0-2 spell builtins '__builtin__'
+    _SAFE_GLOBALS.update({(_m, k): getattr(builtins, k) for k in ('set', 'frozenset', 'complex')})
+
+class UnsafePickle(FormatError):
+    "A pickle asked for a callable that `SafeUnpickler` does not admit; nothing in it was run."
+
+class SafeUnpickler(pickle.Unpickler):
+    "Builds numpy arrays, dtypes and scalars and plain Python values; refuses every other callable before calling it."
+    def __init__(self, file, # a binary file positioned at the pickle
+                 source:str='', # the file's name, for messages
+                ):
+        super().__init__(file, encoding='latin1')    # latin1: arrays pickled under Python 2 read too
+        self.source = source
+    def find_class(self, module, name):
+        obj = _SAFE_GLOBALS.get((module, name))
+        if obj is None:
+            raise UnsafePickle(f"{self.source}: refused to unpickle {module}.{name}: snipnb unpickles only numpy arrays, "
+                               "dtypes and scalars inside plain Python values, because unpickling anything else can run "
+                               "code. If you made this file or trust where it came from, pass trusted=True to read it with pickle.")
+        return obj
+    def persistent_load(self, pid): raise UnsafePickle(f"{self.source}: refused a persistent id ({pid!r}) in the pickle")
+
+def _unpickle(f, path, trusted:bool):
+    try: return pickle.load(f, encoding='latin1') if trusted else SafeUnpickler(f, str(path)).load()
+    except UnsafePickle: raise
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, KeyError, TypeError, ValueError,
+            OverflowError) as e:
+        _fail(path, f"not a readable pickle ({type(e).__name__}: {e})")
+
+def load_pickle(path, # a pickle file
+                trusted:bool=False, # True: plain `pickle`, which runs any code the file holds (only for files you trust)
+               ):
+    "Unpickle `path` with `SafeUnpickler`: numpy arrays and plain values only; anything else is refused naming the file."
+    with open(path, 'rb') as f: return _unpickle(f, path, trusted)
+
+def _npy_header(f, path) -> tuple:
+    "(shape, fortran_order, dtype) of an open `.npy` file, left at the start of its data."
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(f)
+        if version == (1, 0): return fmt.read_array_header_1_0(f)
+        if version == (2, 0): return fmt.read_array_header_2_0(f)
+        return fmt._read_array_header(f, version)          # 3.0: utf-8 field names
+    except (ValueError, EOFError, SyntaxError, TypeError) as e: _fail(path, f"not a readable .npy file ({e})")
+
+def _load_npy(path, mmap_mode=None, trusted:bool=False) -> np.ndarray:
+    "A `.npy` array; an object array's payload (a pickle) goes through `SafeUnpickler` (plain pickle when `trusted`)."
+    with open(path, 'rb') as f:
+        shape, _, dtype = _npy_header(f, path)
+        if dtype.hasobject:
+            arr = _unpickle(f, path, trusted)
+            if not isinstance(arr, np.ndarray): _fail(path, f"an object .npy must hold a pickled array, got {type(arr).__name__}")
+            return arr
+    try: return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except Exception as e: _fail(path, f"not a readable .npy array ({e})")
+
 # %% ../nbs/02_formats.ipynb #26e9c2ef
-def read_ntu_npy(path, # an official txt2npy `.skeleton.npy` (a pickled dict: trusted files only)
+def read_ntu_npy(path, # an official txt2npy `.skeleton.npy` (a dict in a 0-d object array: read with `SafeUnpickler`)
                  max_bodies:int=2, # bodies kept (most active slots)
                  num_classes:int|None=None, # 60 or 120 class names; None: from the action id
+                 trusted:bool=False, # read its pickle with plain `pickle`, which runs any code in it (only for files you trust)
                 ) -> Sequence:
     "Read an official NTU `txt2npy` dict `.npy`: the same `Sequence` as the raw file gives (slot rule)."
     path = Path(path)
-    try: d = np.load(path, allow_pickle=True)
-    except Exception as e: _fail(path, f"not a readable .npy file ({e})")
+    _check_max_bodies(max_bodies, str(path))
+    d = _load_npy(path, mmap_mode='r', trusted=trusted)
     if d.dtype != object or d.shape != () or not isinstance(d.item(), dict):
         _fail(path, f"expected the txt2npy dict (0-d object array), got an array of shape {d.shape} and dtype {d.dtype}")
     d = d.item()
     keys = sorted((k for k in d if re.fullmatch(r'skel_body\d+', k)), key=lambda k: int(k[9:]))
     if not keys: _fail(path, f"expected keys skel_body0, skel_body1, ... in the txt2npy dict, found {sorted(d)}")
-    bodies = [np.asarray(d[k], dtype=np.float64) for k in keys]
+    try: bodies = [np.asarray(d[k], dtype=np.float64) for k in keys]
+    except (TypeError, ValueError) as e: _fail(path, f"skel_body arrays must be numeric (T, 25, 3) arrays ({e})")
     T = len(bodies[0])
+    if T == 0: _fail(path, "holds 0 frames (skel_body0 is empty)")
     for k, b in zip(keys, bodies):
         if b.shape != (T, 25, 3): _fail(path, f"{k} has shape {b.shape}; expected ({T}, 25, 3)")
         bad = ~np.isfinite(b).reshape(T, -1).all(1)
@@ -237,12 +321,16 @@ def read_ntu_npy(path, # an official txt2npy `.skeleton.npy` (a pickled dict: tr
                     class_names=ntu_class_names(a, num_classes, str(path)), meta=meta)
 
 # %% ../nbs/02_formats.ipynb #12556996
-def _load_pickle(path):
-    "Unpickle a trusted file (pickles can run code)."
-    try:
-        with open(path, 'rb') as f: return pickle.load(f, encoding='latin1')
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, TypeError, ValueError) as e:
-        _fail(path, f"not a readable pickle ({type(e).__name__}: {e})")
+def _as_int(value) -> int|None:
+    "An integer stored in a file (Python or numpy, or an integral float), else None."
+    if isinstance(value, np.ndarray) and value.shape == (): value = value.item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer, float, np.floating)): return None
+    return int(value) if float(value).is_integer() else None
+
+def _int_label(path, value, what:str) -> int:
+    lab = _as_int(value)
+    if lab is None: _fail(path, f"{what}: label {value!r} is not an integer class index")
+    return lab
 
 def _layout_for(path, V:int, C:int) -> str:
     if V == 25 and C in (2, 3): return 'ntu25'
@@ -250,15 +338,17 @@ def _layout_for(path, V:int, C:int) -> str:
     _fail(path, f"expected 25 (NTU) or 17 (COCO) joints with 2 or 3 coordinates, got V={V}, C={C}")
 
 def _check_finite(path, x:np.ndarray, what:str=''):
+    if x.size == 0: return
     bad = ~np.isfinite(x).reshape(len(x), -1).all(1)
     if bad.any(): _fail(path, f"{what}NaN or inf coordinate", frame=int(bad.argmax()))
 
 def read_stgcn(data_path, # (N, C, T, V, M) float .npy of a split, or one (C, T, V, M) sample
-               label_path=None, # the split's pickled (sample_names, labels), labels 0-based (trusted files only)
+               label_path=None, # the split's pickled (sample_names, labels), labels 0-based (read with `SafeUnpickler`)
                mmap:bool=True, # memory-map the array instead of loading it whole
                indices=None, # read only these samples (default all)
                num_classes:int|None=None, # NTU class names: 60 or 120; None: from the largest label
                fps:float=30.0,
+               trusted:bool=False, # read the label pickle with plain `pickle`, which runs any code in it (only for files you trust)
               ) -> list:
     "Read an ST-GCN-style split: one `Sequence` per sample, zero padding at the end trimmed, labels + 1."
     data_path = Path(data_path)
@@ -267,16 +357,19 @@ def read_stgcn(data_path, # (N, C, T, V, M) float .npy of a split, or one (C, T,
     if data.ndim == 4: data = data[None]
     if data.ndim != 5: _fail(data_path, f"expected an (N, C, T, V, M) or (C, T, V, M) array, got shape {data.shape}")
     N, C, T, V, M = data.shape
+    if T == 0: _fail(data_path, f"holds 0 frames (T = 0 in {data.shape})")
     layout = _layout_for(data_path, V, C)
     names = labels = None
     if label_path is not None:
-        obj = _load_pickle(label_path)
-        if not (isinstance(obj, (tuple, list)) and len(obj) == 2 and len(obj[0]) == len(obj[1])):
+        obj = load_pickle(label_path, trusted)
+        seqs_ = (tuple, list, np.ndarray)
+        if not (isinstance(obj, seqs_) and len(obj) == 2 and all(isinstance(o, seqs_) for o in obj) and len(obj[0]) == len(obj[1])):
             _fail(label_path, "expected a pickled (sample_names, labels) pair of equal lengths")
-        names, labels = [str(n) for n in obj[0]], [int(l) + 1 for l in obj[1]]
+        names = [str(n) for n in obj[0]]
+        labels = [_int_label(label_path, l, f"sample {i} ({names[i]})") + 1 for i, l in enumerate(obj[1])]
         if len(names) != N: _fail(label_path, f"holds {len(names)} samples but {data_path} holds {N}")
-        if min(labels) < 1: _fail(label_path, f"negative label {min(labels) - 1}; expected 0-based labels")
-    n_cls = num_classes or (None if labels is None or layout != 'ntu25' else (60 if max(labels) <= 60 else 120))
+        if labels and min(labels) < 1: _fail(label_path, f"negative label {min(labels) - 1}; expected 0-based labels")
+    n_cls = num_classes or (None if not labels or layout != 'ntu25' else (60 if max(labels) <= 60 else 120))
     out = []
     for i in (range(N) if indices is None else indices):
         x = np.asarray(data[i], dtype=np.float32).transpose(1, 3, 2, 0)     # (C,T,V,M) -> (T,M,V,C)
@@ -353,13 +446,8 @@ def pkummd_class_names(xlsx_path, # PKU-MMD `Split/Actions.xlsx`
     return tuple(names[k] for k in range(1, len(names) + 1))
 
 # %% ../nbs/02_formats.ipynb #f63c68e4
-def read_pkummd_labels(path, # a PKU-MMD label file: rows `label,start,end,confidence`
-                       num_frames:int|None=None, # frames of its skeleton file, to check the segments against
-                       end_inclusive:bool=False, # read `end` as the last frame (end + 1 in snipnb)
-                       clip:bool=False, # cut segments that run past `num_frames` instead of refusing them
-                       num_classes:int=51,
-                      ) -> list:  # [(label, start, end, confidence)], end exclusive
-    "Rows of a PKU-MMD label file as (label 1..51, start, end exclusive, confidence)."
+def _pkummd_label_rows(path, num_frames=None, end_inclusive=False, clip=False, num_classes=51) -> list:
+    "[(line number, (label, start, end, confidence))] of a PKU-MMD label file, checked (see `read_pkummd_labels`)."
     rows = []
     for k, line in enumerate(_read_lines(path), 1):
         if not line.strip(): continue
@@ -378,8 +466,17 @@ def read_pkummd_labels(path, # a PKU-MMD label file: rows `label,start,end,confi
             if not clip or s >= num_frames:
                 _fail(path, f"segment [{s}, {e}) runs past the {num_frames} frames of the skeleton", k)
             e = num_frames
-        rows.append((lab, s, e, conf))
+        rows.append((k, (lab, s, e, conf)))
     return rows
+
+def read_pkummd_labels(path, # a PKU-MMD label file: rows `label,start,end,confidence`
+                       num_frames:int|None=None, # frames of its skeleton file, to check the segments against
+                       end_inclusive:bool=False, # read `end` as the last frame (end + 1 in snipnb)
+                       clip:bool=False, # cut segments that run past `num_frames` instead of refusing them
+                       num_classes:int=51,
+                      ) -> list:  # [(label, start, end, confidence)], end exclusive
+    "Rows of a PKU-MMD label file as (label 1..51, start, end exclusive, confidence)."
+    return [row for _, row in _pkummd_label_rows(path, num_frames, end_inclusive, clip, num_classes)]
 
 # %% ../nbs/02_formats.ipynb #bfb4d4ef
 def _load_pkummd_txt(path) -> np.ndarray:
@@ -393,6 +490,21 @@ def _load_pkummd_txt(path) -> np.ndarray:
     bad = ~np.isfinite(x).all(1)
     if bad.any(): _fail(path, "NaN or inf coordinate", int(bad.argmax()) + 1, int(bad.argmax()))
     return x
+
+_PKU_VIDEO = re.compile(r'\d{4}-[LMR]')
+
+def _pkummd_overlaps(path, numbered:list) -> list:
+    "Pairs of rows whose segments of different classes overlap, as readable phrases."
+    rows = sorted(numbered, key=lambda kr: (kr[1][1], kr[0]))
+    found = []
+    for a, (ka, (la, sa, ea, _)) in enumerate(rows):
+        for kb, (lb, sb, eb, _) in rows[a + 1:]:
+            if sb >= ea: break                        # sorted by start: no later row reaches back into this one
+            if la != lb:
+                (k1, l1, s1, e1), (k2, l2, s2, e2) = sorted([(ka, la, sa, ea), (kb, lb, sb, eb)])
+                found.append(f"lines {k1} and {k2}: segments [{s1}, {e1}) of class {l1} and [{s2}, {e2}) of class {l2} overlap "
+                             f"on [{max(s1, s2)}, {min(e1, e2)}), where the frame labels keep class {l2} (the later row)")
+    return found
 
 def read_pkummd(skeleton_path, # a PKU-MMD phase-1 skeleton file (150 numbers a line)
                 label_path=None, # its label file (rows label,start,end,confidence); None: unlabelled
@@ -408,7 +520,15 @@ def read_pkummd(skeleton_path, # a PKU-MMD phase-1 skeleton file (150 numbers a 
     meta = {'source': str(path), 'nbodys': (np.abs(joints).reshape(T, 2, -1).sum(-1) > 0).sum(1),
             **({'video': m.group(1), 'view': m.group(2)} if m else {})}
     if label_path is None: return Sequence(joints, fps=30.0, name=path.stem, meta=meta)
-    rows = read_pkummd_labels(label_path, T, end_inclusive, clip)
+    vs, vl = (_PKU_VIDEO.search(Path(p).stem) for p in (path, label_path))
+    if vs and vl and vs.group(0) != vl.group(0):
+        _fail(label_path, f"a label file of video {vl.group(0)}, but the skeleton file {path} is video {vs.group(0)}: "
+                          "pass the label file of the same video")
+    numbered = _pkummd_label_rows(label_path, T, end_inclusive, clip)
+    overlaps = _pkummd_overlaps(label_path, numbered)
+    if overlaps:
+        warnings.warn(f"{label_path}, " + '; '.join(overlaps[:5]) + (f"; and {len(overlaps) - 5} more" if len(overlaps) > 5 else ''))
+    rows = [row for _, row in numbered]
     segments = [(l, s, e) for l, s, e, _ in rows]
     meta.update(label_source=str(label_path), confidence=[c for *_, c in rows])
     return Sequence(joints, fps=30.0, labels=segments_to_labels(segments, T), segments=segments, name=path.stem,
@@ -459,9 +579,9 @@ BABEL_SUBSETS = {1: ('walk', 'stand', 'turn', 'jump'), 2: ('sit', 'run', 'stand 
 def read_babel_classes(path, # BABEL `action_label_2_idx.json` (act_cat -> 0-based index)
                       ) -> tuple:
     "Action names ordered by their index in a BABEL label map (label = index + 1 in snipnb)."
-    try: d = json.loads(Path(path).read_text(encoding='utf-8'))
+    try: d = json.loads(_read_text(path))
     except json.JSONDecodeError as e: _fail(path, f"not valid JSON ({e.msg})", e.lineno)
-    if not isinstance(d, dict) or sorted(d.values()) != list(range(len(d))):
+    if not isinstance(d, dict) or not all(_as_int(v) is not None for v in d.values()) or sorted(d.values()) != list(range(len(d))):
         _fail(path, "expected an object mapping each act_cat to a distinct index 0..n-1")
     return tuple(sorted(d, key=d.get))
 
@@ -474,15 +594,40 @@ def babel_classes(subset=None, # None: all 150 classes; 1, 2, 3 or 'babel1'..'ba
     return BABEL_SUBSETS[k]
 
 # %% ../nbs/02_formats.ipynb #1ef210c7
+def _babel_problem(a, complete:bool=True) -> str|None:
+    "What is wrong with the structure or the field types of one BABEL annotation, or None."
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+    if not isinstance(a, dict): return f"expected an annotation object, got {type(a).__name__}"
+    if complete and ('dur' not in a or not ({'seq_ann', 'frame_ann'} & set(a))):
+        return "expected an annotation with keys babel_sid, feat_p, dur, seq_ann, frame_ann"
+    if 'dur' in a and not (number(a['dur']) and np.isfinite(a['dur']) and a['dur'] >= 0):
+        return f"'dur' must be a duration in seconds (a number >= 0), got {a['dur']!r}"
+    if a.get('feat_p') is not None and not isinstance(a['feat_p'], str): return f"'feat_p' must be a path string, got {a['feat_p']!r}"
+    for kind in ('seq_ann', 'frame_ann'):
+        part = a.get(kind)
+        if part is None: continue
+        if not isinstance(part, dict): return f"'{kind}' must be an object with 'labels' (or null), got {type(part).__name__}"
+        labels = part.get('labels')
+        if labels is None: continue
+        if not isinstance(labels, list): return f"{kind} 'labels' must be a list, got {type(labels).__name__}"
+        for j, l in enumerate(labels):
+            if not isinstance(l, dict): return f"{kind} label {j}: expected an object (act_cat, start_t, end_t), got {type(l).__name__}"
+            cat = l.get('act_cat')
+            if not (cat is None or isinstance(cat, str) or (isinstance(cat, list) and all(isinstance(c, str) for c in cat))):
+                return f"{kind} label {j}: 'act_cat' must be a list of category names, got {cat!r}"
+            for t in (('start_t', 'end_t') if kind == 'frame_ann' else ()):
+                if not number(l.get(t)): return f"{kind} label {j}: '{t}' must be a time in seconds, got {l.get(t)!r}"
+    return None
+
 def read_babel(json_path, # a BABEL v1.0 annotation file (train.json, val.json, test.json, extra_*.json)
               ) -> dict:
     "BABEL annotations: {sid (str): annotation dict}, structure checked."
-    try: d = json.loads(Path(json_path).read_text(encoding='utf-8'))
+    try: d = json.loads(_read_text(json_path))
     except json.JSONDecodeError as e: _fail(json_path, f"not valid JSON ({e.msg}, column {e.colno})", e.lineno)
     if not isinstance(d, dict): _fail(json_path, "expected an object mapping sequence ids to annotations")
     for sid, a in d.items():
-        if not isinstance(a, dict) or 'dur' not in a or not ({'seq_ann', 'frame_ann'} & set(a)):
-            _fail(json_path, f"sequence {sid!r}: expected an annotation with keys babel_sid, feat_p, dur, seq_ann, frame_ann")
+        problem = _babel_problem(a)
+        if problem: _fail(json_path, f"sequence {sid!r}: {problem}")
     return {str(k): v for k, v in d.items()}
 
 # %% ../nbs/02_formats.ipynb #359f6fd3
@@ -495,7 +640,9 @@ def babel_frame_labels(ann:dict, # one BABEL annotation (a value of `read_babel`
     "Frame labels (0 = background) from BABEL `frame_ann` (else `seq_ann`): subset classes only, shortest segment wins."
     names = tuple(classes) if classes is not None else babel_classes(subset)
     index = {c: k + 1 for k, c in enumerate(names)}
-    sid = ann.get('babel_sid', '?')
+    problem = _babel_problem(ann, complete=False)
+    sid = ann.get('babel_sid', '?') if isinstance(ann, dict) else '?'
+    if problem: raise FormatError(f"BABEL sid {sid}: {problem}")
     if ann.get('frame_ann') is not None: kind, segs = 'frame_ann', ann['frame_ann'].get('labels') or []
     else: kind, segs = 'seq_ann', [dict(l, start_t=0.0, end_t=np.inf) for l in ((ann.get('seq_ann') or {}).get('labels') or [])]
     if all(s.get('act_cat') is None for s in segs): return None, []
@@ -630,12 +777,18 @@ def babel_keep(seq:Sequence, # a BABEL sequence
 def read_pyskl(path, # a PYSKL/mmaction2 pickle: one annotation dict, a list of them, or {'split', 'annotations'}
                fps:float=30.0, # their frame rate (PYSKL stores none)
                class_names=None, # action names (label k = class_names[k - 1]); None: not named
+               trusted:bool=False, # read the pickle with plain `pickle`, which runs any code in it (only for files you trust)
               ) -> list:
     "Read PYSKL skeleton annotations: one `Sequence` each, joints (T, M, V, C), label + 1 on every frame."
     path = Path(path)
-    obj = _load_pickle(path)
+    obj = load_pickle(path, trusted)
     split = {}
-    if isinstance(obj, dict) and 'annotations' in obj: anns, split = obj['annotations'], obj.get('split') or {}
+    if isinstance(obj, dict) and 'annotations' in obj:
+        anns, split = obj['annotations'], obj.get('split') or {}
+        if not isinstance(anns, (list, tuple)): _fail(path, f"'annotations' must be a list of dicts, got {type(anns).__name__}")
+        bad = next((f"{k!r}: {type(v).__name__}" for k, v in split.items() if not isinstance(v, (list, tuple, np.ndarray))), None) \
+              if isinstance(split, dict) else type(split).__name__
+        if bad: _fail(path, f"'split' must map split names to lists of frame_dir, got {bad}")
     elif isinstance(obj, dict) and 'keypoint' in obj: anns = [obj]
     elif isinstance(obj, (list, tuple)) and obj and all(isinstance(a, dict) for a in obj): anns = list(obj)
     elif isinstance(obj, (list, tuple)) and len(obj) == 2 and not isinstance(obj[0], dict):
@@ -647,24 +800,30 @@ def read_pyskl(path, # a PYSKL/mmaction2 pickle: one annotation dict, a list of 
     names = ('background',) + tuple(class_names) if class_names is not None else None
     out = []
     for i, a in enumerate(anns):
+        if not isinstance(a, dict): _fail(path, f"annotation {i}: expected a dict (keypoint, label, ...), got {type(a).__name__}")
         name = str(a.get('frame_dir', f'{path.stem}[{i}]'))
         if 'keypoint' not in a: _fail(path, f"annotation {i} ({name}): no 'keypoint' array")
-        kp = np.asarray(a['keypoint'], dtype=np.float32)
+        try: kp = np.asarray(a['keypoint'], dtype=np.float32)
+        except (TypeError, ValueError): _fail(path, f"annotation {i} ({name}): keypoint is not a numeric array")
         if kp.ndim != 4: _fail(path, f"annotation {i} ({name}): expected keypoint (M, T, V, C), got shape {kp.shape}")
         M, T, V, C = kp.shape
+        if T == 0: _fail(path, f"annotation {i} ({name}): keypoint holds 0 frames")
         layout = _layout_for(path, V, C)
-        if int(a.get('total_frames', T)) != T:
+        if 'total_frames' in a and _as_int(a['total_frames']) is None:
+            _fail(path, f"annotation {i} ({name}): total_frames {a['total_frames']!r} is not an integer")
+        if _as_int(a.get('total_frames', T)) != T:
             _fail(path, f"annotation {i} ({name}): total_frames is {a['total_frames']} but keypoint holds {T} frames")
         x = kp.transpose(1, 0, 2, 3)
         _check_finite(path, x, f"annotation {i} ({name}): ")
         meta = {'source': str(path), 'index': i, 'splits': member.get(name, []),
                 **{k: a[k] for k in ('img_shape', 'original_shape', 'modality') if k in a}}
         if a.get('keypoint_score') is not None:
-            sc = np.asarray(a['keypoint_score'], dtype=np.float32)
+            try: sc = np.asarray(a['keypoint_score'], dtype=np.float32)
+            except (TypeError, ValueError): _fail(path, f"annotation {i} ({name}): keypoint_score is not a numeric array")
             if sc.shape != (M, T, V): _fail(path, f"annotation {i} ({name}): keypoint_score has shape {sc.shape}; expected {(M, T, V)}")
             meta['keypoint_score'] = sc.transpose(1, 0, 2)
         if a.get('label') is None: out.append(Sequence(x, fps=fps, name=name, layout=layout, class_names=names, meta=meta)); continue
-        lab = int(a['label']) + 1
+        lab = _int_label(path, a['label'], f"annotation {i} ({name})") + 1
         if lab < 1 or (names is not None and lab >= len(names)):
             _fail(path, f"annotation {i} ({name}): label {lab - 1} (0-based) is not one of the {len(class_names) if names else '?'} classes")
         out.append(Sequence(x, fps=fps, labels=np.full(T, lab), segments=[(lab, 0, T)] if T else [], name=name,
@@ -687,8 +846,9 @@ def read_skeleton(path, # a skeleton file of any supported format
         if len(first) == 1 and first[0].isdigit(): return read_ntu_skeleton(path, **options)
         _fail(path, f"unknown text format: expected a PKU-MMD line of 150 numbers or an NTU frame count, got {len(first)} values", 1)
     if suffix == '.npy':
-        try: arr = np.load(path, mmap_mode='r', allow_pickle=False)
-        except ValueError: return read_ntu_npy(path, **options)     # an object array: the txt2npy dict
+        with open(path, 'rb') as f: dtype = _npy_header(f, path)[2]
+        if dtype.hasobject: return read_ntu_npy(path, **options)     # an object array (a pickle): the txt2npy dict
+        arr = _load_npy(path, mmap_mode='r')
         if arr.ndim in (4, 5) and arr.shape[-2] in (17, 25):
             index = options.pop('index', 0)
             return read_stgcn(path, labels, indices=[index], **options)[0]

@@ -90,3 +90,15 @@ def test_shared_data_dir(tmp_path, clean_env):
     assert shared_data_dir() == tmp_path/'shared'/'data'
     clean_env.setenv('SNIPNB_SHARED_DATA', str(tmp_path/'nope'))
     assert shared_data_dir() is None
+
+def test_binary_settings_file_named(tmp_path, clean_env):
+    "A binary settings.ini (a wrong file under the right name) is refused naming it, not with a bare UnicodeDecodeError."
+    f = tmp_path/'settings.ini'
+    f.write_bytes(b'[snipnb]\ndevice = cpu\n\xff\xfe\x00\x89PNG')
+    with pytest.raises(SettingsError, match=r'settings\.ini: not a text file \(byte 22 is not UTF-8\)'): read_settings(f)
+    with pytest.raises(SettingsError, match=r'settings\.ini: not a text file'): get_settings(f)
+    clean_env.setenv('SNIPNB_SETTINGS', str(f))
+    with pytest.raises(SettingsError, match=r'settings\.ini: not a text file'): get_settings()
+    (tmp_path/'sub').mkdir()
+    clean_env.setenv('SNIPNB_SETTINGS', str(tmp_path/'sub'))
+    with pytest.raises(SettingsError, match=r"SNIPNB_SETTINGS=.*sub': no such file"): get_settings()

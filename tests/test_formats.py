@@ -381,3 +381,97 @@ def test_pkummd_round_trip(tmp_path_factory, seq, inclusive):
     assert back.segments == seq.segments and (back.labels == seq.labels).all()
     assert back.meta['confidence'] == seq.meta['confidence']
     assert sorted(p.name for p in d.iterdir()) == ['0001-L.txt', '0001-L_label.txt']   # nothing temporary left
+
+# ---------------------------------------------------------------- issue 12: PKU-MMD label checks
+def _pku_pair(d, skel_name, label_name, rows, T=100):
+    np.savetxt(d/skel_name, np.ones((T, 150)), fmt='%g')
+    (d/'labels').mkdir(exist_ok=True)
+    (d/'labels'/label_name).write_text(''.join(f'{l},{s},{e},1\n' for l, s, e in rows))
+    return d/skel_name, d/'labels'/label_name
+
+def test_pkummd_overlap_of_different_classes_warns(tmp_path):
+    skel, lab = _pku_pair(tmp_path, '0001-L.txt', '0001-L.txt', [(5, 10, 30), (7, 20, 40), (5, 50, 60), (5, 55, 70)])
+    with pytest.warns(UserWarning, match=r'labels/0001-L\.txt, lines 1 and 2: segments \[10, 30\) of class 5 and \[20, 40\) of class 7 overlap') as w:
+        s = read_pkummd(skel, lab)
+    assert len([x for x in w if 'overlap' in str(x.message)]) == 1       # lines 3 and 4: same class, no warning
+    assert s.segments == [(5, 10, 30), (7, 20, 40), (5, 50, 60), (5, 55, 70)]
+    with pytest.warns(UserWarning, match=r'lines 1 and 2'): read_skeleton(skel, labels=lab)
+
+def test_pkummd_label_file_of_another_video_refused(tmp_path):
+    skel, lab = _pku_pair(tmp_path, '0001-L.txt', '0002-R.txt', [(5, 10, 30)])
+    with pytest.raises(FormatError, match=r'0002-R\.txt: a label file of video 0002-R, but the skeleton file .*0001-L\.txt is video 0001-L'):
+        read_pkummd(skel, lab)
+    _, ok = _pku_pair(tmp_path, '0001-L.txt', '0001-L_label.txt', [(5, 10, 30)])
+    assert read_pkummd(skel, ok).segments == [(5, 10, 30)]                # the same video under another name: fine
+    plain, other = _pku_pair(tmp_path, 'walk.txt', 'walk_labels.txt', [(5, 10, 30)])
+    assert read_pkummd(plain, other).segments == [(5, 10, 30)]            # names without a video id: not compared
+
+# ---------------------------------------------------------------- issue 12: no bare exceptions
+def test_babel_binary_json(tmp_path):
+    (tmp_path/'train.json').write_bytes(b'{"1": \xff\xfe\x00\x80garbage')
+    with pytest.raises(FormatError, match=r'train\.json: not a text file \(byte 6 is not UTF-8\)'): read_babel(tmp_path/'train.json')
+    (tmp_path/'action_label_2_idx.json').write_bytes(b'\x89PNG\r\n\x1a\n')
+    with pytest.raises(FormatError, match=r'action_label_2_idx\.json: not a text file'):
+        read_babel_classes(tmp_path/'action_label_2_idx.json')
+
+@pytest.mark.parametrize('ann, field', [
+    ({'dur': '3.0', 'seq_ann': None, 'frame_ann': None}, "'dur'"),
+    ({'dur': True, 'seq_ann': None, 'frame_ann': None}, "'dur'"),
+    ({'dur': 3.0, 'feat_p': 7, 'frame_ann': None, 'seq_ann': None}, "'feat_p'"),
+    ({'dur': 3.0, 'frame_ann': [1, 2]}, "'frame_ann'"),
+    ({'dur': 3.0, 'frame_ann': {'labels': 'walk'}}, "frame_ann 'labels'"),
+    ({'dur': 3.0, 'frame_ann': {'labels': ['walk']}}, 'frame_ann label 0'),
+    ({'dur': 3.0, 'frame_ann': {'labels': [{'act_cat': 5, 'start_t': 0, 'end_t': 1}]}}, "frame_ann label 0: 'act_cat'"),
+    ({'dur': 3.0, 'frame_ann': {'labels': [{'act_cat': ['walk'], 'start_t': '0', 'end_t': 1}]}}, "frame_ann label 0: 'start_t'"),
+    ({'dur': 3.0, 'seq_ann': {'labels': [{'act_cat': [['walk']]}]}, 'frame_ann': None}, "seq_ann label 0: 'act_cat'"),
+])
+def test_babel_fields_of_the_wrong_type(tmp_path, ann, field):
+    (tmp_path/'val.json').write_text(json.dumps({'42': {'babel_sid': 42, **ann}}))
+    with pytest.raises(FormatError, match=rf"val\.json: sequence '42': .*{field}"): read_babel(tmp_path/'val.json')
+    with pytest.raises(FormatError, match=r'BABEL sid 42'): babel_frame_labels({'babel_sid': 42, **ann}, 90)
+
+def test_pyskl_bad_annotations(tmp_path):
+    def dump(obj, name='x.pkl'):
+        with open(tmp_path/name, 'wb') as f: pickle.dump(obj, f)
+        return tmp_path/name
+    kp = np.ones((1, 5, 17, 2), np.float32)
+    with pytest.raises(FormatError, match=r"x\.pkl: annotation 1: expected a dict \(keypoint, label, \.\.\.\), got int"):
+        read_pyskl(dump({'split': {}, 'annotations': [{'keypoint': kp}, 3]}))
+    with pytest.raises(FormatError, match=r"x\.pkl: 'annotations' must be a list of dicts, got str"):
+        read_pyskl(dump({'split': {}, 'annotations': 'abc'}))
+    with pytest.raises(FormatError, match=r"x\.pkl: 'split' must map split names to lists of frame_dir, got list"):
+        read_pyskl(dump({'split': ['a'], 'annotations': [{'keypoint': kp}]}))
+    with pytest.raises(FormatError, match=r"x\.pkl: annotation 0 \(v\): label 'walk' is not an integer class index"):
+        read_pyskl(dump({'frame_dir': 'v', 'keypoint': kp, 'label': 'walk'}))
+    with pytest.raises(FormatError, match=r"x\.pkl: annotation 0 \(v\): keypoint holds 0 frames"):
+        read_pyskl(dump({'frame_dir': 'v', 'keypoint': np.ones((1, 0, 17, 2)), 'label': 0}))
+    with pytest.raises(FormatError, match=r"x\.pkl: annotation 0 \(v\): keypoint is not a numeric array"):
+        read_pyskl(dump({'frame_dir': 'v', 'keypoint': np.array([['a']]), 'label': 0}))
+    with pytest.raises(FormatError, match=r"x\.pkl: annotation 0 \(v\): total_frames 'five' is not an integer"):
+        read_pyskl(dump({'frame_dir': 'v', 'keypoint': kp, 'label': 0, 'total_frames': 'five'}))
+
+def test_stgcn_string_labels_and_empty_frames(tmp_path):
+    np.save(tmp_path/'d.npy', np.ones((2, 3, 4, 25, 2), np.float32))
+    with open(tmp_path/'l.pkl', 'wb') as f: pickle.dump((['a', 'b'], [0, 'walk']), f)
+    with pytest.raises(FormatError, match=r"l\.pkl: sample 1 \(b\): label 'walk' is not an integer class index"):
+        read_stgcn(tmp_path/'d.npy', tmp_path/'l.pkl')
+    np.save(tmp_path/'e.npy', np.ones((2, 3, 0, 25, 2), np.float32))
+    with pytest.raises(FormatError, match=r'e\.npy: holds 0 frames'): read_stgcn(tmp_path/'e.npy')
+
+def test_txt2npy_zero_frames(tmp_path):
+    p = tmp_path/'S001C001P001R001A001.skeleton.npy'
+    np.save(p, np.array({'skel_body0': np.zeros((0, 25, 3)), 'nbodys': []}, dtype=object), allow_pickle=True)
+    with pytest.raises(FormatError, match=r'S001C001P001R001A001\.skeleton\.npy: holds 0 frames'): read_ntu_npy(p)
+
+def test_max_bodies_must_be_positive(tmp_path):
+    from snipnb.formats import select_bodies
+    p = tmp_path/'S001C001P001R001A001.skeleton'
+    write_ntu_skeleton(Sequence(np.ones((3, 1, 25, 3), np.float32), name='S001C001P001R001A001'), p)
+    for bad in (-1, 0, 1.5):
+        with pytest.raises(ValueError, match=rf'S001C001P001R001A001\.skeleton: max_bodies must be a positive integer, got {bad}'):
+            read_ntu_skeleton(p, max_bodies=bad)
+    with pytest.raises(ValueError, match=r'max_bodies must be a positive integer, got -2'): select_bodies([[]], -2)
+    npy = tmp_path/'S001C001P001R001A001.skeleton.npy'
+    np.save(npy, np.array({'skel_body0': np.ones((3, 25, 3))}, dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match=r'skeleton\.npy: max_bodies must be a positive integer, got -1'): read_ntu_npy(npy, max_bodies=-1)
+    assert read_ntu_skeleton(p, max_bodies=1).joints.shape == (3, 1, 25, 3)
