@@ -6,7 +6,7 @@ Docs: https://snipnb.github.io/snipnb/datasets.html.md"""
 
 # %% ../nbs/04_datasets.ipynb #c6350b5e
 from __future__ import annotations
-import hashlib, json, os, shutil, time, uuid
+import errno, hashlib, json, os, shutil, time, uuid
 from pathlib import Path
 import numpy as np
 from fastcore.basics import patch
@@ -16,9 +16,9 @@ from .skeleton import Sequence, get_layout, labels_to_segments
 
 # %% auto #0
 __all__ = ['CACHE_VERSION', 'DATASET_NAMES', 'NTU60_XSUB_TRAIN', 'NTU120_XSUB_TRAIN', 'NpyAppender', 'cache_key',
-           'files_fingerprint', 'build_cache', 'Corpus', 'window_starts', 'recording_windows', 'ClipDataset',
-           'DatasetNotFound', 'Source', 'prepare', 'ntu_split', 'ntu_source', 'pkummd_source', 'babel_source',
-           'synthetic_source', 'get_source', 'load_corpus']
+           'files_fingerprint', 'build_cache', 'CacheDamaged', 'check_cache', 'Corpus', 'window_starts',
+           'recording_windows', 'ClipDataset', 'DatasetNotFound', 'Source', 'prepare', 'ntu_split', 'ntu_source',
+           'pkummd_source', 'babel_source', 'synthetic_source', 'get_source', 'load_corpus']
 
 # %% ../nbs/04_datasets.ipynb #7250ab65
 _HEADER_BYTES = 128  # total bytes before the data: magic (6) + version (2) + length (2) + header text
@@ -73,6 +73,29 @@ def _json_safe(o):
     if isinstance(o, Path): return str(o)
     return o
 
+def _close_quietly(writer):
+    "Close a half-written file while cleaning up: a full disk also fails the close (the flush), and that must not hide the first error."
+    try:
+        if writer is not None: writer.file.close()
+    except OSError: pass
+
+def _install(tmp:Path, path:Path, replace:bool):
+    "Rename the finished `tmp` to `path`; an existing cache is kept unless `replace`, and a builder that renames first wins."
+    if (path/'index.json').exists() and not replace: shutil.rmtree(tmp, ignore_errors=True); return   # finished first elsewhere
+    aside = None
+    if path.exists():               # the cache to replace, or an unfinished folder: moved aside under a .tmp- name
+        aside = path.parent/f'{tmp.name}-old'
+        try: os.replace(path, aside)
+        except FileNotFoundError: aside = None      # a concurrent builder moved it first
+    try: os.replace(tmp, path)
+    except OSError as e:            # a concurrent builder renamed its finished cache into place first: use that one
+        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not (path/'index.json').exists(): raise
+        shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        if aside is not None: shutil.rmtree(aside, ignore_errors=True)
+
+_CACHE_FILES = ('frames.npy', 'labels.npy', 'offsets.npy', 'recordings.json', 'index.json')
+
 def build_cache(sequences, # iterable of `Sequence` (streamed: one in memory at a time)
                 path:str|Path, # the cache folder to create
                 name:str='corpus', # dataset name
@@ -81,6 +104,7 @@ def build_cache(sequences, # iterable of `Sequence` (streamed: one in memory at 
                 settings:dict|None=None, # conversion settings, stored in the index
                 total:int|None=None, # number of sequences, for the progress bar
                 progress:bool=True,
+                replace:bool=False, # replace a finished cache at `path` (default: keep it and drop this build)
                ) -> Path:
     "Write `sequences` into a new cache folder `path`, atomically; returns `path`."
     path = Path(path)
@@ -88,9 +112,9 @@ def build_cache(sequences, # iterable of `Sequence` (streamed: one in memory at 
     for stale in path.parent.glob(f'{path.name}.tmp-*'):       # left by a killed writer (not by a live one)
         if not _pid_alive(stale.name.split('.tmp-')[-1].split('-')[0]): shutil.rmtree(stale, ignore_errors=True)
     tmp = path.parent/f'{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}'
-    tmp.mkdir()
+    frames = labels = None
     try:
-        frames = labels = None
+        tmp.mkdir()
         offsets, recs, layout, dims, t0 = [0], [], None, None, time.time()
         for seq in tqdm(sequences, total=total, desc=f'building {name}', disable=not progress, leave=False):
             j = seq.joints
@@ -114,21 +138,86 @@ def build_cache(sequences, # iterable of `Sequence` (streamed: one in memory at 
         if frames is None: raise ValueError(f"{name}: no recordings to convert")
         frames.close(); labels.close()
         np.save(tmp/'offsets.npy', np.asarray(offsets, np.int64))
+        (tmp/'recordings.json').write_text(json.dumps([{'segments': r['segments'], 'meta': r['meta']} for r in recs]))
         index = {'name': name, 'version': CACHE_VERSION, 'layout': layout, 'class_names': list(class_names),
                  'settings': _json_safe(settings or {}), 'build_seconds': round(time.time() - t0, 3),
-                 **{f'{k}s' if k != 'fps' else k: [r[k] for r in recs] for k in ('name', 'split', 'fps', 'labelled')}}
-        (tmp/'recordings.json').write_text(json.dumps([{'segments': r['segments'], 'meta': r['meta']} for r in recs]))
+                 **{f'{k}s' if k != 'fps' else k: [r[k] for r in recs] for k in ('name', 'split', 'fps', 'labelled')},
+                 'bytes': {f: (tmp/f).stat().st_size for f in _CACHE_FILES[:-1]}}   # checked on every load
         (tmp/'index.json').write_text(json.dumps(index))
-        if (path/'index.json').exists(): shutil.rmtree(tmp)      # another process finished the same cache first
-        else:
-            if path.exists(): shutil.rmtree(path)
-            os.replace(tmp, path)
-    except BaseException:
-        if frames is not None and not frames.file.closed: frames.file.close()
-        if labels is not None and not labels.file.closed: labels.file.close()
+        _install(tmp, path, replace)
+    except BaseException as e:
+        _close_quietly(frames); _close_quietly(labels)
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            raise OSError(errno.ENOSPC, f"no space left on {path.parent} while building the {name} cache {path.name}; "
+                          f"the partial cache was removed. Free space there, or set cache_dir (settings.ini or "
+                          f"SNIPNB_CACHE_DIR) to a folder with room") from e
         raise
     return path
+
+# %% ../nbs/04_datasets.ipynb #652d0cc8
+class CacheDamaged(ValueError):
+    "A file of a corpus cache is missing, truncated or disagrees with the cache's index.json."
+    def __init__(self, path:Path, file:str, what:str):
+        self.path, self.file, self.what = Path(path), file, what
+        super().__init__(f"{self.path/file}: damaged corpus cache file ({what}). The cache {self.path} holds derived data "
+                         f"only: delete that folder and load the dataset again, or call load_corpus(..., rebuild=True), "
+                         f"which rebuilds it from the dataset's source files")
+
+def _npy_layout(path:Path, file:str) -> tuple:
+    "(shape, dtype, fortran_order, data offset) from the header of a .npy file of a cache, reading no data."
+    try:
+        with open(path/file, 'rb') as f:
+            version = np.lib.format.read_magic(f)
+            read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if read is None: raise ValueError(f"unsupported .npy version {version}")
+            shape, fortran, dtype = read(f)
+            return shape, dtype, fortran, f.tell()
+    except (OSError, ValueError, SyntaxError) as e: raise CacheDamaged(path, file, f"no readable .npy header: {e}") from None
+
+def _check_npy(path:Path, file:str, dtype, shape:tuple):
+    "Refuse `file` unless its header says `dtype` and `shape` (None: any size there) and its size is exactly that."
+    got, got_dtype, fortran, start = _npy_layout(path, file)
+    if got_dtype != np.dtype(dtype) or fortran or len(got) != len(shape) or any(s is not None and g != s for g, s in zip(got, shape)):
+        raise CacheDamaged(path, file, f"header says {got_dtype} {got}{' (Fortran order)' if fortran else ''}, expected "
+                                       f"{np.dtype(dtype)} {tuple('*' if s is None else s for s in shape)}")
+    need, size = start + int(np.prod(got)) * np.dtype(dtype).itemsize, (path/file).stat().st_size
+    if size != need: raise CacheDamaged(path, file, f"{size} bytes, its header {got} needs {need}" +
+                                        (": truncated" if size < need else ""))
+    return got
+
+def check_cache(path:str|Path, # a cache folder written by `build_cache`
+               ) -> dict:
+    "The index of the cache at `path`, after checking every file against it; raises `CacheDamaged` naming the file."
+    path = Path(path)
+    present = [f for f in _CACHE_FILES if (path/f).exists()]
+    if not present: raise FileNotFoundError(f"{path}: not a snipnb corpus cache (missing {', '.join(_CACHE_FILES)})")
+    for f in _CACHE_FILES:
+        if f not in present: raise CacheDamaged(path, f, "missing")
+    try: index = json.loads((path/'index.json').read_bytes())
+    except ValueError as e: raise CacheDamaged(path, 'index.json', f"not valid JSON: {e}") from None
+    if not isinstance(index, dict): raise CacheDamaged(path, 'index.json', f"a JSON {type(index).__name__}, not an object")
+    if index.get('version') != CACHE_VERSION:
+        raise CacheDamaged(path, 'index.json', f"cache version {index.get('version')}, expected {CACHE_VERSION}")
+    names = index.get('names')
+    for k in ('names', 'splits', 'fps', 'labelleds', 'class_names'):
+        if not isinstance(index.get(k), list) or k != 'class_names' and len(index[k]) != len(names):
+            raise CacheDamaged(path, 'index.json', f"field {k!r} is not a list of one entry per recording")
+    n = len(names)
+    _check_npy(path, 'offsets.npy', np.int64, (n + 1,))
+    offsets = np.load(path/'offsets.npy')
+    steps = np.diff(offsets)
+    if offsets[0] != 0 or (steps < 0).any():
+        bad = 0 if offsets[0] != 0 else int(np.argmax(steps < 0)) + 1
+        raise CacheDamaged(path, 'offsets.npy', f"offset {bad} is {offsets[bad]}, "
+                                                f"{'expected 0' if bad == 0 else f'less than offset {bad - 1} ({offsets[bad - 1]})'}")
+    T = int(offsets[-1])
+    _check_npy(path, 'frames.npy', np.float32, (T, None, None, None))
+    _check_npy(path, 'labels.npy', np.int16, (T,))
+    for f, size in (index.get('bytes') or {}).items():     # recorded at build time (caches built since this check)
+        if f in _CACHE_FILES and (path/f).stat().st_size != size:
+            raise CacheDamaged(path, f, f"{(path/f).stat().st_size} bytes, index.json recorded {size}")
+    return index
 
 # %% ../nbs/04_datasets.ipynb #9e18c718
 class Corpus:
@@ -136,12 +225,7 @@ class Corpus:
     def __init__(self, path:str|Path, indices=None, label_map=None, class_names=None, _arrays=None):
         self.path = Path(path)
         if _arrays is None:
-            missing = [f for f in ('frames.npy', 'labels.npy', 'offsets.npy', 'index.json', 'recordings.json')
-                       if not (self.path/f).exists()]
-            if missing: raise FileNotFoundError(f"{self.path}: not a snipnb corpus cache (missing {', '.join(missing)})")
-            index = json.loads((self.path/'index.json').read_text())
-            if index.get('version') != CACHE_VERSION:
-                raise FileNotFoundError(f"{self.path}: cache version {index.get('version')}, expected {CACHE_VERSION}: rebuild it")
+            index = check_cache(self.path)           # every file against the index, before anything is mapped
             _arrays = (np.load(self.path/'frames.npy', mmap_mode='r'), np.load(self.path/'labels.npy', mmap_mode='r'),
                        np.load(self.path/'offsets.npy'), index)
         self.frames, self._labels, self.offsets, self.index = _arrays
@@ -161,7 +245,12 @@ class Corpus:
     def num_classes(self) -> int: return len(self.class_names) - 1
     def _details(self) -> list:
         "Segments and metadata of every recording of the cache, read on first use (shared by all views)."
-        if '_details' not in self.index: self.index['_details'] = json.loads((self.path/'recordings.json').read_text())
+        if '_details' not in self.index:
+            try: details = json.loads((self.path/'recordings.json').read_bytes())
+            except ValueError as e: raise CacheDamaged(self.path, 'recordings.json', f"not valid JSON: {e}") from None
+            if not isinstance(details, list) or len(details) != len(self.index['names']):
+                raise CacheDamaged(self.path, 'recordings.json', "not a list of one entry per recording")
+            self.index['_details'] = details
         return self.index['_details']
     @property
     def recordings(self) -> list:
@@ -572,7 +661,7 @@ def _concat_source(parts:list) -> Source:
 def load_corpus(name:str, # 'synthetic', 'ntu60', 'ntu120', 'pkummd', 'babel', 'babel1'..'babel3', or names joined by '+'
                 split:str|None=None, # return only this split ('train', 'test', 'train+val', ...)
                 cache_dir=None, # where caches go (default: the `cache_dir` setting)
-                rebuild:bool=False, # convert again even when a cache exists
+                rebuild:bool=False, # convert again and replace the cache even when one exists (a damaged one is rebuilt anyway)
                 progress:bool=True,
                 **options, # conversion options: root, benchmark, normalize, size, seed, difficulty, ...; with '+', a
                            # dataset's name takes a dict of options for that part only (ntu60={'root': ...})
@@ -589,9 +678,14 @@ def load_corpus(name:str, # 'synthetic', 'ntu60', 'ntu120', 'pkummd', 'babel', '
         src = get_source(name, **options)
         key = cache_key({'name': name, 'files': src.fingerprint}, src.settings)
     path = _cache_path(cache_dir, src.name, key)
-    if rebuild or not (path/'index.json').exists():
-        build_cache((s for s in map(src.read, src.items) if s is not None), path, name=src.name,
-                    class_names=src.class_names, num_persons=src.num_persons, settings=src.settings,
-                    total=len(src.items), progress=progress)
+    if not rebuild and (path/'index.json').exists():
+        try: corpus = Corpus(path)
+        except CacheDamaged as e:          # derived data, and the source is at hand: rebuild it
+            warnings.warn(f"{e.file} of the {src.name} cache {path} is damaged ({e.what}); rebuilding the cache from its source")
+            rebuild = True
+        else: return corpus.split(split) if split else corpus
+    build_cache((s for s in map(src.read, src.items) if s is not None), path, name=src.name,
+                class_names=src.class_names, num_persons=src.num_persons, settings=src.settings,
+                total=len(src.items), progress=progress, replace=rebuild)
     corpus = Corpus(path)
     return corpus.split(split) if split else corpus
