@@ -6,7 +6,7 @@ Docs: https://snipnb.github.io/snipnb/metrics.html.md"""
 
 # %% ../nbs/11_metrics.ipynb #541776f8
 from __future__ import annotations
-import re
+import math, re
 from pathlib import Path
 import numpy as np
 from .formats import read_pkummd_labels, _write_atomic
@@ -17,20 +17,62 @@ __all__ = ['segment_iou', 'detection_ap', 'detection_map', 'pkummd_match', 'pkum
            'f1_at_overlap', 'segmentation_metrics']
 
 # %% ../nbs/11_metrics.ipynb #4d8413a5
+_FIELDS = ('label', 'start', 'end', 'score')
+
+def _show(row) -> str:
+    "A row as a tuple of plain values (numpy scalars unwrapped), for error messages."
+    return '(' + ', '.join(repr(x.item() if isinstance(x, np.generic) else x) for x in row) + ')'
+
+def _row_problem(row, # one row (video, label, start, end[, score])
+                 ncols:int, # 4: no score; 5: with a score
+                 num_classes:int|None=None, # labels must be in 1..num_classes (None: at least 1)
+                ) -> str|None: # what is wrong with the row; None: nothing
+    "The first thing wrong with a detection row: a value that is no finite number, a label that is no action class, end <= start."
+    for name, x in zip(_FIELDS, row[1:ncols]):
+        try: v = float(x)
+        except (TypeError, ValueError): return f"{name} {x!r} is not a number"
+        if not math.isfinite(v): return f"{name} is {v}"
+    label, start, end = (float(x) for x in row[1:4])
+    if label != round(label): return f"label {label:g} is not an integer"
+    if label < 1 or (num_classes is not None and label > num_classes):
+        return f"label {label:g} outside 1..{num_classes or 'K'}" + (" (0 is background, never a segment)" if label == 0 else "")
+    if end <= start: return f"end {end:g} <= start {start:g} (a segment must end after it starts)"
+    return None
+
 def _columns(rows, # list of tuples, 2-D array, or a DataFrame (anything with `.to_numpy()`)
              ncols:int, # leading columns wanted: video, label, start, end[, score]
              what:str='rows', # name used in error messages
+             num_classes:int|None=None, # labels must be in 1..num_classes (None: at least 1)
             ) -> tuple:
-    "The first `ncols` columns of `rows` as (videos object array, labels int64, starts, ends[, scores]) float64."
+    "The first `ncols` columns of `rows` as (videos object array, labels int64, starts, ends[, scores]) float64; a bad row is refused."
     if hasattr(rows, 'to_numpy'): rows = rows.to_numpy(dtype=object)
     table = [tuple(r) for r in rows]
     for k, r in enumerate(table):
-        if len(r) < ncols: raise ValueError(f"{what}: row {k} has {len(r)} values, expected at least {ncols}: {r!r}")
+        if len(r) < ncols: raise ValueError(f"{what}: row {k} has {len(r)} values, expected at least {ncols}: {_show(r)}")
+    try: nums = np.array([r[1:ncols] for r in table], dtype=np.float64).reshape(len(table), ncols - 1)
+    except (TypeError, ValueError): nums = None
+    if nums is None: suspects = range(len(table))
+    else:
+        labels, starts, ends = nums[:, 0], nums[:, 1], nums[:, 2]
+        good = np.isfinite(nums).all(axis=1) & (labels == np.round(labels)) & (labels >= 1) & (ends > starts)
+        if num_classes is not None: good &= labels <= num_classes
+        suspects = np.flatnonzero(~good)
+    for k in suspects:
+        why = _row_problem(table[k], ncols, num_classes)
+        if why: raise ValueError(f"{what}: row {k} {_show(table[k])}: {why}")
+    if nums is None: raise ValueError(f"{what}: columns 2..{ncols} must be numbers")
     videos = np.empty(len(table), dtype=object); videos[:] = [r[0] for r in table]
-    nums = np.array([r[1:ncols] for r in table], dtype=np.float64).reshape(len(table), ncols - 1)
-    labels = nums[:, 0]
-    if not np.all(labels == np.round(labels)): raise ValueError(f"{what}: labels must be integers")
-    return (videos, labels.astype(np.int64), *nums[:, 1:].T)
+    return (videos, nums[:, 0].astype(np.int64), *nums[:, 1:].T)
+
+# %% ../nbs/11_metrics.ipynb #bda79deb
+def _thresholds(values, # overlap thresholds (tIoU, or MS-TCN's F1@k overlaps)
+                what:str='tIoU', # name used in error messages
+               ) -> np.ndarray: # (T,) float64
+    "Overlap thresholds as an array, refused when there are none or one is outside (0, 1] (NaN included)."
+    thr = np.asarray(values, dtype=np.float64).reshape(-1)
+    if len(thr) == 0: raise ValueError(f"no {what} thresholds given: nothing to score")
+    if not ((thr > 0) & (thr <= 1)).all(): raise ValueError(f"{what} thresholds must be in (0, 1], got {thr.tolist()}")
+    return thr
 
 # %% ../nbs/11_metrics.ipynb #8a770bc2
 def segment_iou(starts_a, ends_a, # (n,) segments [start, end)
@@ -95,12 +137,13 @@ def _interpolated_ap(tp:np.ndarray, # (T, n) bool true positives in score order
 def detection_ap(predictions, # rows (video, label, start, end, score)
                  ground_truth, # rows (video, label, start, end, ...)
                  tious=(0.1, 0.2, 0.3, 0.4, 0.5), # tIoU thresholds
+                 num_classes:int|None=None, # labels must be in 1..num_classes (None: any label >= 1)
                 ) -> tuple: # (AP (len(tious), len(classes)) with NaN for classes without ground truth, classes)
     "Per-class ActivityNet/BABEL detection AP at each tIoU threshold; `classes` are all labels seen, sorted."
-    pv, pl, ps, pe, score = _columns(predictions, 5, 'predictions')
-    gv, gl, gs, ge = _columns(ground_truth, 4, 'ground truth')
+    thr = _thresholds(tious, 'tIoU')
+    pv, pl, ps, pe, score = _columns(predictions, 5, 'predictions', num_classes)
+    gv, gl, gs, ge = _columns(ground_truth, 4, 'ground truth', num_classes)
     pv, gv = _codes(pv, gv)
-    thr = np.asarray(tious, float).reshape(-1)
     classes = np.unique(np.r_[pl, gl])
     # stable score order (ties keep input order), then stable grouping by (class, video)
     by_score = np.argsort(-score, kind='stable')
@@ -126,12 +169,13 @@ def detection_map(predictions, # rows (video, label, start, end, score): list of
                   ground_truth, # rows (video, label, start, end): list of tuples, array or DataFrame
                   tious=(0.1, 0.2, 0.3, 0.4, 0.5), # tIoU thresholds (BABEL protocol: 0.1..0.5)
                   per_class:bool=False, # also return {'per_class': {label: [AP at each tIoU]}}
+                  num_classes:int|None=None, # labels must be in 1..num_classes (None: any label >= 1)
                  ) -> dict: # {tiou: mAP, ..., 'mean': average over tious}
     "ActivityNet-style detection mAP (= BABEL's official getLocMAP / 100) over the classes with ground truth."
-    ap, classes = detection_ap(predictions, ground_truth, tious)
+    ap, classes = detection_ap(predictions, ground_truth, tious, num_classes)
     has_gt = ~np.isnan(ap[0]) if len(classes) else np.zeros(0, bool)
     maps = ap[:, has_gt].mean(axis=1) if has_gt.any() else np.zeros(len(ap))
-    out = {float(t): float(m) for t, m in zip(np.asarray(tious, float).reshape(-1), maps)}
+    out = {float(t): float(m) for t, m in zip(_thresholds(tious), maps)}
     out['mean'] = float(np.mean(maps))
     if per_class: out['per_class'] = {int(c): ap[:, k].tolist() for k, c in enumerate(classes) if has_gt[k]}
     return out
@@ -167,11 +211,17 @@ def _pkummd_match(p:tuple, # proposals (video codes, labels, starts, ends), in l
         out[:, i] = np.where(ok.any(-1), j[len(j) - 1 - last_best], -1)
     return out
 
+def _check_theta(theta):
+    "The script's overlap ratio may be any number (negative ones included), but not NaN or infinite."
+    if not isinstance(theta, (int, float, np.integer, np.floating)) or not math.isfinite(theta):
+        raise ValueError(f"theta is {theta!r}: the overlap ratio must be a finite number")
+
 def pkummd_match(predictions, # rows (video, label, start, end, score)
                  ground_truth, # rows (video, label, start, end[, confidence]), in the script's list order
                  theta:float=0.5, # overlap ratio
                 ) -> np.ndarray: # (n_predictions,) row of `ground_truth` each prediction is matched to, -1: none
     "The official PKU-MMD `match()`: each proposal's own best ground truth (several proposals may share one)."
+    _check_theta(theta)
     pv, pl, ps, pe, _ = _columns(predictions, 5, 'predictions')
     gv, gl, gs, ge = _columns(ground_truth, 4, 'ground truth')
     pv, gv = _codes(pv, gv)
@@ -216,10 +266,11 @@ def pkummd_map(predictions, # rows (video, label, start, end, score)
                videos=None, # videos evaluated, in this order (the script: the proposal folder's files); default: all seen
               ) -> dict: # {'f1', 'ap', 'map_action', 'map_video', '2dap', 'theta'}
     "The PKU-MMD official metric, ECHO960/PKU-MMD `evaluate.py` at b492698: F1, AP, mAP over actions and videos, 2DAP."
-    pv, pl, ps, pe, conf = _columns(predictions, 5, 'predictions')
-    gv, gl, gs, ge = _columns(ground_truth, 4, 'ground truth')
-    if len(pl) and (pl.min() < 0 or pl.max() > num_classes): raise ValueError(f"predictions: labels must be in 0..{num_classes}")
-    if len(gl) and (gl.min() < 1 or gl.max() > num_classes): raise ValueError(f"ground truth: labels must be in 1..{num_classes}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    _check_theta(theta)
+    pv, pl, ps, pe, conf = _columns(predictions, 5, 'predictions', num_classes)
+    gv, gl, gs, ge = _columns(ground_truth, 4, 'ground truth', num_classes)
     if videos is None: videos = list(dict.fromkeys([*pv.tolist(), *gv.tolist()]))
     code = {v: k for k, v in enumerate(videos)}
     pk = np.array([code.get(v, -1) for v in pv], np.int64); gk = np.array([code.get(v, -1) for v in gv], np.int64)
@@ -240,18 +291,28 @@ def _number(t:str):
     x = float(t)
     return int(x) if x.is_integer() else x
 
+def _pkummd_files(folder, pattern:str) -> list:
+    "The files of a PKU-MMD folder, sorted; refused when the folder is missing or holds none."
+    folder = Path(folder)
+    if not folder.is_dir(): raise FileNotFoundError(f"{folder}: " + ('not a folder' if folder.exists() else 'no such folder'))
+    paths = sorted(folder.glob(pattern))
+    if not paths: raise FileNotFoundError(f"{folder}: no {pattern!r} files (one VIDEO.txt per video expected)")
+    return paths
+
 def read_pkummd_predictions(folder, # one `VIDEO.txt` per video, rows `label,start,end,score`
                             pattern:str='*.txt',
                            ) -> list: # [(video, label, start, end, score)], video = file stem, numbers as written
     "Read a PKU-MMD proposal folder (the official `evaluate.py` layout) into prediction rows."
     rows = []
-    for path in sorted(Path(folder).glob(pattern)):
+    for path in _pkummd_files(folder, pattern):
         for k, line in enumerate(path.read_text().splitlines(), 1):
             tok = line.replace(',', ' ').split()
             if not tok: continue
             if len(tok) != 4: raise ValueError(f"{path}, line {k}: expected 'label,start,end,score', got {line[:60]!r}")
             try: lab, s, e, sc = (_number(t) for t in tok)
             except ValueError: raise ValueError(f"{path}, line {k}: expected numbers 'label,start,end,score', got {line[:60]!r}") from None
+            why = _row_problem((path.stem, lab, s, e, sc), 5)
+            if why: raise ValueError(f"{path}, line {k}: {why}: {line[:60]!r}")
             rows.append((path.stem, int(lab), s, e, float(sc)))
     return rows
 
@@ -260,7 +321,7 @@ def read_pkummd_ground_truth(folder, # one `VIDEO.txt` per video, rows `label,st
                              num_classes:int=51,
                             ) -> list: # [(video, label, start, end, confidence)], numbers as written
     "Read a PKU-MMD label folder into ground-truth rows with `snipnb.formats.read_pkummd_labels` (file numbers kept)."
-    return [(p.stem, *row) for p in sorted(Path(folder).glob(pattern)) for row in read_pkummd_labels(p, num_classes=num_classes)]
+    return [(p.stem, *row) for p in _pkummd_files(folder, pattern) for row in read_pkummd_labels(p, num_classes=num_classes)]
 
 def write_pkummd_predictions(predictions, # rows (video, label, start, end, score)
                              folder, # written: one `VIDEO.txt` per video
@@ -277,6 +338,28 @@ def write_pkummd_predictions(predictions, # rows (video, label, start, end, scor
     for v in names:
         _write_atomic(folder/f"{v}.txt", ''.join(lines[v])); paths.append(folder/f"{v}.txt")
     return paths
+
+# %% ../nbs/11_metrics.ipynb #2db90d51
+def _frame_labels(labels, # (T,) frame labels
+                  what:str, # names them in errors: 'predicted', 'video 3: true', ...
+                  num_classes:int|None=None, # labels must be at most this (None: no upper bound)
+                  ignore=None, # true labels: the label of frames left out, allowed below 0
+                  in_range:bool=True, # False: refuse only NaN and fractional labels (range unchecked)
+                 ) -> np.ndarray: # `labels` as an array, values and dtype unchanged
+    "Frame labels, refused naming the frame when one is NaN, fractional, negative (other than `ignore`) or above `num_classes`."
+    a = np.asarray(labels)
+    if a.ndim != 1: raise ValueError(f"{what} labels must be one per frame (T,), got shape {a.shape}")
+    if a.dtype.kind not in 'biuf': raise ValueError(f"{what} labels must be numbers, got dtype {a.dtype}")
+    bad = ~np.isfinite(a) | (a != np.round(a)) if a.dtype.kind == 'f' else np.zeros(a.shape, bool)
+    if in_range:
+        bad |= (a < 0) & ((a != ignore) if ignore is not None else True)
+        if num_classes is not None: bad |= a > num_classes
+    if not bad.any(): return a
+    t = int(np.flatnonzero(bad)[0]); v = a[t].item()
+    if not math.isfinite(v): raise ValueError(f"{what} frame {t} is {v}")
+    if v != round(v): raise ValueError(f"{what} frame {t} has label {v:g}, not an integer")
+    top = 'K' if num_classes is None else num_classes
+    raise ValueError(f"{what} frame {t} has label {v:g} outside 0..{top}" + ('' if ignore is None else f" (or {ignore}: ignored)"))
 
 # %% ../nbs/11_metrics.ipynb #caa924d2
 def _is_background(labels, background) -> np.ndarray:
@@ -298,9 +381,11 @@ def _segments(labels, # (T,) frame labels
 def frame_accuracy(pred_labels, # (T,) predicted frame labels
                    true_labels, # (T,) true frame labels
                    ignore=-1, # true label of frames left out (unlabelled); None keeps all
+                   num_classes:int|None=None, # labels must be in 0..num_classes (None: any label >= 0)
                   ) -> float:
     "Fraction of frames whose predicted label is the true one."
-    p, t = np.asarray(pred_labels), np.asarray(true_labels)
+    p = _frame_labels(pred_labels, 'predicted', num_classes)
+    t = _frame_labels(true_labels, 'true', num_classes, ignore)
     if p.shape != t.shape: raise ValueError(f"predicted labels {p.shape} and true labels {t.shape} differ in shape")
     keep = np.ones(t.shape, bool) if ignore is None else t != ignore
     return float((p[keep] == t[keep]).mean()) if keep.any() else float('nan')
@@ -321,6 +406,7 @@ def edit_score(pred_labels, # (T,) predicted frame labels
                background=0, # label(s) whose runs are not segments (MS-TCN's bg_class)
               ) -> float: # in [0, 1]; MS-TCN prints 100 x this
     "MS-TCN's segmental edit score: 1 - Levenshtein(segment labels) / max(number of segments); 1 when both have none."
+    pred_labels, true_labels = _frame_labels(pred_labels, 'predicted', in_range=False), _frame_labels(true_labels, 'true', in_range=False)
     p, y = _segments(pred_labels, background)[0], _segments(true_labels, background)[0]
     if max(len(p), len(y)) == 0: return 1.
     return 1 - _levenshtein(list(p), list(y)) / max(len(p), len(y))
@@ -332,6 +418,8 @@ def segment_counts(pred_labels, # (T,) predicted frame labels
                    background=0, # label(s) whose runs are not segments
                   ) -> tuple: # (tp, fp, fn)
     "MS-TCN's `f_score` counts for one video."
+    _thresholds([overlap], 'overlap')
+    pred_labels, true_labels = _frame_labels(pred_labels, 'predicted', in_range=False), _frame_labels(true_labels, 'true', in_range=False)
     pl, ps, pe = _segments(pred_labels, background)
     yl, ys, ye = _segments(true_labels, background)
     hits = np.zeros(len(yl), bool); tp = fp = 0
@@ -352,6 +440,7 @@ def f1_at_overlap(pred_labels, # (T,) predicted frame labels
                   background=0, # label(s) whose runs are not segments
                  ) -> dict: # {overlap: F1 in [0, 1]}
     "MS-TCN's segmental F1@k for one video."
+    _thresholds(overlaps, 'overlap')
     return {float(k): _f1(*segment_counts(pred_labels, true_labels, k, background)) for k in overlaps}
 
 # %% ../nbs/11_metrics.ipynb #9314ba7c
@@ -360,13 +449,15 @@ def segmentation_metrics(pred_labels, # list of (T_i,) predicted frame labels, o
                          overlaps=(0.1, 0.25, 0.5), # F1@k thresholds
                          background=0, # label(s) whose runs are not segments
                          ignore=-1, # true label of frames left out of the accuracy
+                         num_classes:int|None=None, # labels must be in 0..num_classes (None: any label >= 0)
                         ) -> dict: # {'accuracy', 'edit', 'f1@10', 'f1@25', 'f1@50'} in [0, 1]
     "Aggregate over videos as MS-TCN's eval.py: accuracy over all frames, edit averaged, F1 from summed tp/fp/fn."
     if len(pred_labels) != len(true_labels): raise ValueError(f"{len(pred_labels)} predicted videos but {len(true_labels)} true ones")
+    _thresholds(overlaps, 'overlap')
     correct = total = 0; edits = []; counts = np.zeros((len(overlaps), 3))
-    for p, t in zip(pred_labels, true_labels):
-        p, t = np.asarray(p), np.asarray(t)
-        if p.shape != t.shape: raise ValueError(f"video {len(edits)}: predicted labels {p.shape} and true labels {t.shape} differ")
+    for k, (p, t) in enumerate(zip(pred_labels, true_labels)):
+        p, t = _frame_labels(p, f'video {k}: predicted', num_classes), _frame_labels(t, f'video {k}: true', num_classes, ignore)
+        if p.shape != t.shape: raise ValueError(f"video {k}: predicted labels {p.shape} and true labels {t.shape} differ")
         keep = np.ones(t.shape, bool) if ignore is None else t != ignore
         correct += int((p[keep] == t[keep]).sum()); total += int(keep.sum())
         edits.append(edit_score(p, t, background))

@@ -6,7 +6,7 @@ Docs: https://snipnb.github.io/snipnb/protocols.html.md"""
 
 # %% ../nbs/12_protocols.ipynb #7bb48ee4
 from __future__ import annotations
-import math
+import math, warnings
 from pathlib import Path
 import numpy as np
 import torch, torch.nn as nn, torch.nn.functional as F
@@ -81,6 +81,8 @@ class KNNLocalizer(nn.Module):
     "Frozen backbone + k-nearest-neighbour frame labels from a bank of training frames."
     def __init__(self, backbone:SkeletonBackbone, num_classes:int, k:int=20, temperature:float=0.07, max_frames:int=50000):
         super().__init__()
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"KNNLocalizer: k must be a positive integer, got {k!r}")
         self.backbone, self.num_classes, self.k, self.temperature, self.max_frames = backbone, num_classes, k, temperature, max_frames
         for p in backbone.parameters(): p.requires_grad_(False)
         self.register_buffer('bank', torch.zeros(0, backbone.channels[-1]))
@@ -212,12 +214,26 @@ def nms(segments:list, # [(label, start, end, score)]
     return [segments[i] for i in keep]
 
 # %% ../nbs/12_protocols.ipynb #c0da1cf3
+def _frame_probs(probs, # (T, K+1) frame probabilities
+                 who:str, # names the caller in errors
+                ) -> np.ndarray: # `probs` as an array (dtype unchanged)
+    "Frame probabilities, refused when not (T, K+1) or when a value is NaN or infinite (naming the frame and class column)."
+    probs = np.asarray(probs)
+    if probs.ndim != 2 or probs.shape[1] < 2:
+        raise ValueError(f"{who}: probs must be (T, K+1) frame probabilities (column 0 = background), got shape {probs.shape}")
+    bad = ~np.isfinite(np.asarray(probs, dtype=np.float64))
+    if bad.any():
+        t, c = (int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"{who}: frame {t} (class column {c}) is {float(probs[t, c])}: frame probabilities must be finite "
+                         f"({int(bad.any(1).sum())} of {len(probs)} frames are not; a diverged model or NaN joints?)")
+    return probs
+
 def decode_paper(probs:np.ndarray, # (T, K+1) frame probabilities, column 0 = background
                  thresholds=PAPER_THRESHOLDS, min_len:int=3, margin:float=0.25, margin_weight:float=0.6,
                  nms_threshold:float=0.2, official:bool=False, # reproduce the official off-by-one arithmetic
                 ) -> list: # [(label, start, end, score)], end exclusive
     "The paper's decoding: threshold sweep, outer-margin score, per-class NMS."
-    probs = np.asarray(probs, dtype=np.float64)
+    probs = np.asarray(_frame_probs(probs, 'decode_paper'), dtype=np.float64)
     T, out = len(probs), []
     for c in range(1, probs.shape[1]):
         cas, props = probs[:, c], []
@@ -242,7 +258,7 @@ def decode_paper(probs:np.ndarray, # (T, K+1) frame probabilities, column 0 = ba
 
 def decode_argmax(probs:np.ndarray, min_len:int=3) -> list:
     "Runs of the per-frame argmax (action classes only), scored by their mean probability."
-    probs = np.asarray(probs)
+    probs = _frame_probs(probs, 'decode_argmax')
     lab = probs.argmax(1)
     out = []
     for c in np.unique(lab[lab > 0]):
@@ -338,6 +354,20 @@ def eval_split(corpus:Corpus) -> str:
     "The evaluation split: 'test' when the dataset has one, else 'val'."
     return 'test' if 'test' in corpus.split_names else 'val'
 
+def _positive_int(name:str, value, allow_none:bool=False):
+    "Refuse `value` unless it is a positive integer (or None, when `allow_none`)."
+    if value is None and allow_none: return value
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer{' or None (whole sequences)' if allow_none else ''}, got {value!r}")
+    return value
+
+def _padding_share(corpus:Corpus, clip_len:int, stride:int) -> float:
+    "Fraction of the frames of `corpus.windows(clip_len, stride)` clips that lie past their recording's end (zero padding)."
+    win = corpus.windows(clip_len, stride)
+    if len(win) == 0: return 0.
+    real = np.minimum(clip_len, corpus.lengths[win[:, 0]] - win[:, 1])
+    return float(1 - real.sum() / (len(win) * clip_len))
+
 def localizer_step(model, batch:dict, epoch:int, g) -> dict:
     "One supervised step: per-frame cross-entropy."
     return {'loss': frame_loss(model(batch['x']), batch['y'])}
@@ -360,6 +390,18 @@ def fit_localizer(dataset:str='synthetic', # a load_corpus name: 'synthetic', 'b
     if select not in SELECTIONS: raise ValueError(f"unknown select {select!r}; use one of {list(SELECTIONS)}")
     if decoding not in DECODERS: raise ValueError(f"unknown decoding {decoding!r}; use one of {list(DECODERS)}")
     if protocol == 'knn' and select != 'final': raise ValueError("protocol 'knn' trains no epochs: use select='final'")
+    if protocol not in PROTOCOLS: raise ValueError(f"unknown protocol {protocol!r}; use one of {PROTOCOLS}")
+    if checkpoint is None and protocol != 'scratch':
+        raise ValueError(f"protocol {protocol!r} needs a pretraining checkpoint (checkpoint=...)")
+    if not (isinstance(label_fraction, (int, float, np.integer, np.floating)) and 0 < label_fraction <= 1):
+        raise ValueError(f"label_fraction must be in (0, 1], got {label_fraction!r}")
+    if select == 'best_val' and not 0 < val_fraction < 1: raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+    _positive_int('knn_k', knn_k)
+    lr = 1e-4 if protocol in ('finetune', 'scratch') and ufusion else 1e-3
+    cfg = TrainConfig(**{'optimizer': 'adam', 'lr': lr, 'weight_decay': 1e-4, 'batch_size': 8, 'epochs': 40,
+                         'steps': (30, 35), 'warmup_epochs': 10, 'clip_len': 150, **train_options})
+    _positive_int('epochs', cfg.epochs); _positive_int('batch_size', cfg.batch_size)
+    _positive_int('clip_len', cfg.clip_len, allow_none=True); _positive_int('stride', cfg.stride, allow_none=True)
     corpus = load_corpus(dataset, progress=progress, **(corpus_options or {}))
     if subset is not None:
         from snipnb.synthetic import SYNTHETIC_SUBSETS
@@ -368,9 +410,6 @@ def fit_localizer(dataset:str='synthetic', # a load_corpus name: 'synthetic', 'b
     if label_fraction < 1: train = train.label_fraction(label_fraction, label_seed)
     test = corpus.split(eval_split(corpus))
     if select == 'best_val': train, val = validation_split(train, val_fraction, val_seed)
-    lr = 1e-4 if protocol in ('finetune', 'scratch') and ufusion else 1e-3
-    cfg = TrainConfig(**{'optimizer': 'adam', 'lr': lr, 'weight_decay': 1e-4, 'batch_size': 8, 'epochs': 40,
-                         'steps': (30, 35), 'warmup_epochs': 10, 'clip_len': 150, **train_options})
     whole = cfg.clip_len is None
     M, V, C = corpus.shape
     model = build_protocol_model(protocol, corpus.num_classes, checkpoint, backbone, ufusion, cfg.seed, knn_k,
@@ -386,7 +425,12 @@ def fit_localizer(dataset:str='synthetic', # a load_corpus name: 'synthetic', 'b
     name = localize_run_name(dataset, protocol, ufusion, label_fraction, select, whole)
     out_dir = Path(out_dir) if out_dir else Path(get_setting('output_dir'))/'localize'/name
     device = get_device(cfg.device)
-    stride = None if whole else cfg.stride or cfg.clip_len // 2
+    stride = None if whole else cfg.stride or max(1, cfg.clip_len // 2)
+    if not whole and len(train) and cfg.clip_len > train.lengths.max():
+        warnings.warn(f"{corpus.name}: clip_len {cfg.clip_len} is longer than every training recording (the longest has "
+                      f"{train.lengths.max()} frames): {_padding_share(train, cfg.clip_len, stride):.1%} of the clip frames "
+                      "are zero padding (left out of the loss); a shorter clip_len, or clip_len=None (whole recordings), "
+                      "wastes none", stacklevel=2)
     if protocol == 'knn':
         bank = (sequence_batches(train, cfg.batch_size, shuffle=False, device=device) if whole else
                 train.batches(cfg.clip_len, 32, stride, shuffle=False, device=device))
@@ -460,10 +504,17 @@ def evaluate(model:nn.Module, corpus:Corpus, # the recordings to score (labelled
         seq = corpus[i]
         if seq.labels is None: continue
         probs = predict_probs(model, seq, window, overlap, batch_size, device)
-        preds += [(seq.name, l, s, e, sc) for l, s, e, sc in DECODERS[decoding](probs)]
+        if probs.shape[1] != corpus.num_classes + 1:
+            raise ValueError(f"{seq.name}: the model scores {probs.shape[1] - 1} action classes, "
+                             f"but {corpus.name} has {corpus.num_classes}")
+        try: segments = DECODERS[decoding](probs)
+        except ValueError as e: raise ValueError(f"{corpus.name}, recording {seq.name}: {e}") from None
+        preds += [(seq.name, l, s, e, sc) for l, s, e, sc in segments]
         gts += [(seq.name, l, s, e) for l, s, e in seq.segments]
         frame_pred.append(probs.argmax(1)); frame_true.append(seq.labels)
-    return {'detection': detection_map(preds, gts, tious), 'segmentation': segmentation_metrics(frame_pred, frame_true),
+    K = corpus.num_classes
+    return {'detection': detection_map(preds, gts, tious, num_classes=K),
+            'segmentation': segmentation_metrics(frame_pred, frame_true, num_classes=K),
             'predictions': preds, 'ground_truth': gts, 'videos': len(frame_true), 'decoding': decoding, 'window': window,
             'selection': getattr(model, 'selection', None)}
 

@@ -266,3 +266,67 @@ def test_segmentation_perfect(labels):
     m = segmentation_metrics([labels], [labels])
     assert m['accuracy'] == 1 and m['edit'] == 1
     if any(labels): assert m['f1@50'] == 1
+
+# ---------- bad input is refused, naming the row (issue 12, section 4); valid input scores as before (fixture tests above)
+NAN = float('nan')
+PRED = [('v', 1, 0, 10, .9), ('v', 1, 20, 30, .8)]
+
+@pytest.mark.parametrize('metric', [detection_map, pkummd_map])
+def test_nan_scores_are_refused(metric):
+    with pytest.raises(ValueError, match=r"predictions: row 1 \('v', 1, 20, 30, nan\): score is nan"):
+        metric([PRED[0], ('v', 1, 20, 30, NAN)], GT)
+    with pytest.raises(ValueError, match=r'row 0 .*score is nan'): metric([('v', 1, 0, 10, NAN), ('v', 1, 40, 50, NAN)], GT)
+    with pytest.raises(ValueError, match=r'ground truth: row 0 .*start is nan'): metric(PRED, [('v', 1, NAN, 10)])
+
+@pytest.mark.parametrize('metric', [detection_map, pkummd_map, pkummd_match])
+def test_segments_must_end_after_they_start(metric):
+    with pytest.raises(ValueError, match=r"ground truth: row 1 \('v', 1, 30, 20\): end 20 <= start 30"):
+        metric(PRED, [('v', 1, 0, 10), ('v', 1, 30, 20)])
+    with pytest.raises(ValueError, match=r"predictions: row 0 \('v', 1, 5, 5, 0.9\): end 5 <= start 5"):
+        metric([('v', 1, 5, 5, .9)], GT)
+
+def test_labels_outside_the_class_range_are_refused():
+    with pytest.raises(ValueError, match=r'predictions: row 1 .*label 0 .*1\.\.'):   # 0 is background: never a segment
+        detection_map([PRED[0], ('v', 0, 20, 30, .8)], GT)
+    with pytest.raises(ValueError, match=r'ground truth: row 0 .*label 4 outside 1\.\.3'):
+        detection_map(PRED, [('v', 4, 0, 10)], num_classes=3)
+    with pytest.raises(ValueError, match=r'predictions: row 0 .*label 0 outside 1\.\.51'):
+        pkummd_map([('v', 0, 0, 10, .9)], GT)
+    with pytest.raises(ValueError, match=r'ground truth: row 0 .*label 52 outside 1\.\.51'):
+        pkummd_map(PRED, [('v', 52, 0, 10)])
+    with pytest.raises(ValueError, match=r'predictions: row 0 .*label 1\.5 is not an integer'):
+        detection_map([('v', 1.5, 0, 10, .9)], GT)
+    with pytest.raises(ValueError, match=r"ground truth: row 0 .*'x'.*not a number"):
+        detection_map(PRED, [('v', 1, 'x', 10)])
+    assert detection_map(PRED, GT, num_classes=1)['mean'] == 1.
+
+def test_thresholds_are_checked():
+    with pytest.raises(ValueError, match='no tIoU thresholds'): detection_map(PRED, GT, tious=())
+    with pytest.raises(ValueError, match=r'tIoU thresholds must be in \(0, 1\]'): detection_map(PRED, GT, tious=(.5, NAN))
+    with pytest.raises(ValueError, match=r'tIoU thresholds must be in \(0, 1\]'): detection_ap(PRED, GT, tious=(0,))
+    with pytest.raises(ValueError, match='theta is nan'): pkummd_map(PRED, GT, theta=NAN)
+
+def test_missing_or_empty_pkummd_folders_are_refused(tmp_path):
+    for read in (read_pkummd_predictions, read_pkummd_ground_truth):
+        with pytest.raises(FileNotFoundError, match=f'{tmp_path}/nowhere: no such folder'): read(tmp_path/'nowhere')
+        with pytest.raises(FileNotFoundError, match=rf"{tmp_path}: no '\*.txt' files"): read(tmp_path)
+    (tmp_path/'a.txt').write_text('')                                   # a video without proposals: no rows, no error
+    assert read_pkummd_predictions(tmp_path) == []
+
+def test_pkummd_prediction_files_with_bad_numbers_name_the_line(tmp_path):
+    for text, why in [('1,0,10,nan\n', 'score is nan'), ('0,0,10,.5\n', 'label 0 outside 1..K'), ('1.5,0,10,.5\n', 'label 1.5 is not an integer'),
+                      ('1,10,10,.5\n', 'end 10 <= start 10')]:
+        (tmp_path/'v.txt').write_text('1,0,10,.9\n' + text)
+        with pytest.raises(ValueError, match=rf'v.txt, line 2: .*{why}'): read_pkummd_predictions(tmp_path)
+
+def test_segmentation_metrics_refuse_bad_labels():
+    with pytest.raises(ValueError, match=r'video 0: predicted frame 2 is nan'): segmentation_metrics([[0, 1, NAN]], [[0, 1, 1]])
+    with pytest.raises(ValueError, match=r'video 1: predicted frame 2 has label 7 outside 0\.\.2'):
+        segmentation_metrics([[0, 1, 1], [0, 1, 7]], [[0, 1, 1], [0, 1, 1]], num_classes=2)
+    with pytest.raises(ValueError, match=r'video 0: true frame 0 has label -2 outside 0\.\.2 \(or -1: ignored\)'):
+        segmentation_metrics([[0, 1, 1]], [[-2, 1, 1]], num_classes=2)
+    with pytest.raises(ValueError, match=r'video 0: predicted frame 1 has label -1'): segmentation_metrics([[0, -1]], [[0, 1]])
+    with pytest.raises(ValueError, match='no overlap thresholds'): segmentation_metrics([[0, 1]], [[0, 1]], overlaps=())
+    with pytest.raises(ValueError, match=r'overlap thresholds must be in \(0, 1\]'): f1_at_overlap([0, 1], [0, 1], overlaps=(0,))
+    with pytest.raises(ValueError, match=r'predicted frame 0 is nan'): edit_score([NAN, 1], [0, 1])
+    assert segmentation_metrics([[0, 1, 1]], [[0, 1, -1]], num_classes=1)['accuracy'] == 1.     # -1: ignored (true labels)

@@ -215,3 +215,72 @@ def test_official_localizer_parameter_count():
     assert count_parameters(official_localizer(ufusion=False)) == OFFICIAL_BASELINE_PARAMS - 100 == 3_459_363
     assert loc.backbone.data_bn is None and loc.taps == (1, 7, 10) and loc.backbone.strides == (2, 5, 8)
     assert loc(torch.randn(1, 3, 45, 25, 1)).shape == (1, 45, 5)
+
+
+# --- bad input is refused (issue 12, section 4) ----------------------------------------------------------------------
+def test_decoders_refuse_nan_frames():
+    p = np.zeros((40, 3)); p[:, 0] = 1; p[5:15] = [0.2, 0.8, 0.0]
+    p[7, 1] = np.nan
+    for decode in (decode_paper, decode_argmax, P.decode_official):
+        with pytest.raises(ValueError, match=r'frame 7 .*class column 1.* nan'): decode(p)
+    p[7, 1] = 0.8; p[30, 0] = np.inf
+    with pytest.raises(ValueError, match=r'frame 30 .*class column 0.* inf'): decode_paper(p)
+    with pytest.raises(ValueError, match=r'\(T, K\+1\)'): decode_paper(np.zeros(10))
+
+@pytest.mark.parametrize('option, why', [
+    ({'label_fraction': 1.5}, r'label_fraction must be in \(0, 1\], got 1.5'),
+    ({'label_fraction': float('nan')}, r'label_fraction must be in \(0, 1\], got nan'),
+    ({'label_fraction': 0}, r'label_fraction must be in \(0, 1\], got 0'),
+    ({'knn_k': 0}, r'knn_k must be a positive integer, got 0'),
+    ({'batch_size': 0}, r'batch_size must be a positive integer, got 0'),
+    ({'clip_len': 0}, r'clip_len must be a positive integer or None \(whole sequences\), got 0'),
+    ({'clip_len': -5}, r'clip_len must be .*got -5'),
+    ({'epochs': 0}, r'epochs must be a positive integer, got 0'),
+    ({'epochs': 2.5}, r'epochs must be a positive integer, got 2.5'),
+    ({'protocol': 'lineer'}, r"unknown protocol 'lineer'"),
+    ({'protocol': 'finetune', 'checkpoint': None}, r"protocol 'finetune' needs a pretraining checkpoint"),
+])
+def test_fit_localizer_refuses_bad_options_before_loading(monkeypatch, tmp_path, option, why):
+    def no_corpus(*a, **k): raise AssertionError('the corpus was loaded before the options were checked')
+    monkeypatch.setattr(P, 'load_corpus', no_corpus)
+    kw = {'protocol': 'scratch', 'device': 'cpu', 'progress': False, 'out_dir': tmp_path/'run', **option}
+    with pytest.raises(ValueError, match=why): fit_localizer('synthetic', **kw)
+    assert not (tmp_path/'run').exists()
+
+def test_knn_k_must_be_positive():
+    from snipnb.backbones import build_backbone
+    with pytest.raises(ValueError, match='k must be a positive integer, got 0'): KNNLocalizer(build_backbone('stgcn16', **TINY), 4, k=0)
+
+def test_clip_longer_than_every_recording_warns_with_the_padding_share(cache, tmp_path):
+    import warnings
+    from snipnb.datasets import load_corpus
+    from snipnb.synthetic import SYNTHETIC_SUBSETS
+    lengths = load_corpus('synthetic', size='quick', progress=False).subset(SYNTHETIC_SUBSETS[1]).split('train').lengths
+    L = int(lengths.max()) + 100
+    share = 1 - lengths.sum() / (len(lengths) * L)                   # one window per recording, zero-padded to L
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')                                # the warning comes before training: stop there
+        with pytest.raises(UserWarning, match=rf'clip_len {L} is longer than every training recording \(the longest has '
+                                              rf'{lengths.max()} frames\): {share:.1%} of the clip frames are zero padding'):
+            fit_localizer('synthetic', epochs=1, out_dir=tmp_path/'long', **{**QUICK, 'clip_len': L})
+    with warnings.catch_warnings():                                   # a clip as long as the longest recording: no warning
+        warnings.filterwarnings('error', message='.*longer than every training recording')
+        fit_localizer('synthetic', epochs=1, out_dir=tmp_path/'fits', **{**QUICK, 'clip_len': int(lengths.max()), 'batch_size': 1})
+
+class _Constant(torch.nn.Module):
+    "Logits of one value for every frame and `width` classes (background included)."
+    def __init__(self, width, value):
+        super().__init__(); self.width, self.value = width, value
+    def forward(self, x): return torch.full((x.shape[0], x.shape[2], self.width), self.value)
+
+def test_evaluate_refuses_nan_probabilities_and_other_class_counts(cache):
+    from snipnb.datasets import load_corpus
+    test = load_corpus('synthetic', 'test', size='quick', progress=False)
+    K = test.num_classes
+    first = test[0].name
+    with pytest.raises(ValueError, match=rf'synthetic, recording {first}: decode_paper: frame 0 \(class column 0\) is nan'):
+        evaluate(_Constant(K + 1, float('nan')), test, window='whole', device='cpu', progress=False)
+    with pytest.raises(ValueError, match=rf'{first}: the model scores {K + 1} action classes, but synthetic has {K}'):
+        evaluate(_Constant(K + 2, 0.), test, window='whole', device='cpu', progress=False)
+    row = metric_table(evaluate(_Constant(K + 1, 0.), test, window='whole', decoding='argmax', device='cpu', progress=False))
+    assert row['mAP avg'] == 0 and 0 <= row['accuracy'] <= 1                     # uniform probabilities: background wins
