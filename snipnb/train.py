@@ -6,7 +6,7 @@ Docs: https://snipnb.github.io/snipnb/train.html.md"""
 
 # %% ../nbs/09_train.ipynb #a4e70f18
 from __future__ import annotations
-import contextlib, csv, inspect, itertools, json, math, os, time
+import contextlib, csv, errno, inspect, io, itertools, json, math, os, time, warnings
 from dataclasses import dataclass, field, asdict, fields
 from pathlib import Path
 from typing import Callable
@@ -15,11 +15,12 @@ import torch.distributed as dist
 from fastcore.basics import patch
 from tqdm.auto import tqdm
 from .config import get_device, get_setting
+from .formats import _write_atomic
 
 # %% auto #0
-__all__ = ['TrainConfig', 'lr_factor', 'build_optimizer', 'CheckpointError', 'save_checkpoint', 'load_checkpoint',
-           'init_distributed', 'is_main_process', 'Trainer', 'pretrain_step', 'pretrain_splits', 'run_name', 'pretrain',
-           'pretrained_backbone']
+__all__ = ['RESUMABLE_FIELDS', 'TrainConfig', 'train_config_differences', 'lr_factor', 'build_optimizer', 'CheckpointError',
+           'save_checkpoint', 'load_checkpoint', 'init_distributed', 'is_main_process', 'check_writable', 'Trainer',
+           'pretrain_step', 'pretrain_splits', 'run_name', 'pretrain', 'pretrained_backbone']
 
 # %% ../nbs/09_train.ipynb #f743ec52
 @dataclass
@@ -56,6 +57,19 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: tuple(v) if k == 'steps' else v for k, v in d.items() if k in known})
 
+# %% ../nbs/09_train.ipynb #ee4512e1
+RESUMABLE_FIELDS = ('epochs', 'checkpoint_every', 'checkpoint_every_steps', 'device', 'compile')  # where and how long, not what is trained
+
+def train_config_differences(saved:dict, # the `train_config` stored in a checkpoint
+                             cfg:TrainConfig, # this run's configuration
+                            ) -> dict:
+    "{field: (checkpoint's value, this run's)} for the fields that change what is trained."
+    now, default = cfg.to_dict(), TrainConfig().to_dict()   # a field newer than the checkpoint: it trained with the default
+    free = set(RESUMABLE_FIELDS) - ({'epochs'} if cfg.schedule == 'cosine' else set())
+    return {k: (saved.get(k, default[k]), v) for k, v in now.items() if k not in free and saved.get(k, default[k]) != v}
+
+def _describe(diff:dict) -> str: return ', '.join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+
 # %% ../nbs/09_train.ipynb #f7fcf9de
 def lr_factor(step:int, steps_per_epoch:int, cfg:TrainConfig) -> float:
     "Multiplier of the base learning rate at global `step`."
@@ -86,18 +100,30 @@ def build_optimizer(params, cfg:TrainConfig) -> torch.optim.Optimizer:
 class CheckpointError(ValueError):
     "A checkpoint that cannot be used (truncated, not a snipnb checkpoint, another configuration)."
 
+def _no_space(e:OSError, folder:Path, what:str) -> OSError:
+    "A full disk (or quota) said in words, naming the folder; any other error unchanged."
+    if getattr(e, 'errno', None) not in (errno.ENOSPC, errno.EDQUOT): return e
+    return OSError(e.errno, f"no space left on {folder} while writing {what}; nothing was half-written: "
+                            f"free some space there, then resume")
+
 def save_checkpoint(path:str|Path, state:dict):
-    "Write `state` atomically (temporary file, then rename); partial files of killed writers are removed."
+    "Write `state` atomically (temporary file, synced, then rename); partial files of killed writers are removed."
     from snipnb.datasets import _pid_alive
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f'.{path.name}.tmp-*'):   # a writer killed mid-save (SIGKILL) left this behind
         if not _pid_alive(stale.name.rsplit('.tmp-', 1)[-1]): stale.unlink(missing_ok=True)
+    data = io.BytesIO(); torch.save(state, data)            # in memory: torch's file writer hides ENOSPC in an 'enforce fail'
     tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
     try:
-        torch.save(state, tmp)
+        with open(tmp, 'wb') as f:
+            f.write(data.getbuffer()); f.flush(); os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        err = _no_space(e, path.parent, f'checkpoint {path.name} ({data.tell()} bytes)')
+        if err is e: raise
+        raise err from e
     finally:
-        if tmp.exists(): tmp.unlink()
+        with contextlib.suppress(OSError): tmp.unlink(missing_ok=True)
 
 def load_checkpoint(path:str|Path, map_location='cpu') -> dict:
     "Load a snipnb checkpoint safely (weights_only), with a clear error for truncated or foreign files."
@@ -136,6 +162,21 @@ def _set_rng_state(gen:torch.Generator, s:dict):
     torch.set_rng_state(s['torch']); gen.set_state(s['generator'])
     if 'cuda' in s and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s['cuda'])
 
+def _new_progress() -> dict: return {'sums': {}, 'steps': 0, 'clips': 0, 'seconds': 0.}   # running sums of the current epoch
+
+def check_writable(folder:str|Path, # created if missing
+                   what:str='checkpoints and logs'):
+    "Write (and remove) a probe file in `folder`: an unwritable or full output folder is found before any training."
+    folder = Path(folder); probe = folder/f'.write-probe-{os.getpid()}'
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(probe, 'wb') as f: f.write(b'\0' * 4096); f.flush(); os.fsync(f.fileno())
+    except OSError as e:
+        raise OSError(e.errno, f"{folder}: cannot write {what} here ({e.strerror or e}); "
+                               f"choose another out_dir, or make this one writable") from None
+    finally:
+        with contextlib.suppress(OSError): probe.unlink(missing_ok=True)
+
 class Trainer:
     "Train `model` with `step` over `data`: schedules, bf16, compile, clipping, logs, atomic checkpoints, resume, DDP."
     def __init__(self, model:nn.Module, step:Callable, data:Callable, cfg:TrainConfig,
@@ -164,7 +205,7 @@ class Trainer:
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids, **sync)
         if cfg.compile: self.net = torch.compile(self.net)
         self.generator = torch.Generator(device=self.device)
-        self.epoch, self.step_in_epoch, self.history = 0, 0, []
+        self.epoch, self.step_in_epoch, self.history, self.epoch_progress = 0, 0, [], _new_progress()
 
     @property
     def checkpoint_path(self) -> Path: return self.out_dir/'last.pt'
@@ -173,13 +214,16 @@ class Trainer:
         return {'model': self.model.state_dict(), 'optimizer': self.optimizer.state_dict(),
                 'scheduler': self.scheduler.state_dict(), 'rng': _rng_state(self.generator),
                 'epoch': self.epoch, 'step_in_epoch': self.step_in_epoch, 'history': self.history,
+                'epoch_progress': self.epoch_progress, 'steps_per_epoch': self.steps_per_epoch,
                 'train_config': self.cfg.to_dict(), 'model_config': self.model_config}
 
     def save(self, path:str|Path|None=None):
         if is_main_process(): save_checkpoint(path or self.checkpoint_path, self.state())
 
-    def resume(self, path:str|Path|None=None) -> bool:
-        "Continue from `path` (default `out_dir/last.pt`); False when there is none."
+    def resume(self, path:str|Path|None=None, # default: `out_dir/last.pt`
+               override:bool=False, # train on with this run's settings where they differ from the checkpoint's
+              ) -> bool:
+        "Continue from `path`; False when there is none. Refuses another model, and other training settings unless `override`."
         path = Path(path or self.checkpoint_path)
         if not path.exists(): return False
         s = load_checkpoint(path, map_location='cpu')     # RNG states must stay CPU tensors; load_state_dict moves weights
@@ -187,33 +231,75 @@ class Trainer:
             diff = {k: (s['model_config'].get(k), self.model_config.get(k)) for k in set(s['model_config']) | set(self.model_config)
                     if s['model_config'].get(k) != self.model_config.get(k)}
             raise CheckpointError(f"{path}: made for another model; differences (checkpoint, this run): {diff}")
+        diff = train_config_differences(s.get('train_config', {}), self.cfg)
+        if s.get('steps_per_epoch', self.steps_per_epoch) != self.steps_per_epoch:
+            diff['steps_per_epoch'] = (s['steps_per_epoch'], self.steps_per_epoch)
+        if diff and not override:
+            raise CheckpointError(f"{path}: made with other training settings; differences (checkpoint -> this run): "
+                                  f"{_describe(diff)}. Resume with the checkpoint's settings, or pass override=True "
+                                  f"to train on with this run's")
         self.model.load_state_dict(s['model'])
-        self.optimizer.load_state_dict(s['optimizer']); self.scheduler.load_state_dict(s['scheduler'])
+        if 'optimizer' not in diff: self.optimizer.load_state_dict(s['optimizer'])   # another optimiser starts afresh
+        self.scheduler.load_state_dict(s['scheduler'])
         self.epoch, self.step_in_epoch, self.history = s['epoch'], s['step_in_epoch'], list(s['history'])
+        self.epoch_progress = dict(s.get('epoch_progress') or _new_progress()) if self.step_in_epoch else _new_progress()
+        if self.step_in_epoch and 'epoch_progress' not in s:
+            warnings.warn(f"{path}: an older checkpoint without the epoch's running sums; epoch {self.epoch + 1}'s "
+                          f"logged means cover only the steps after resuming")
+        if diff:
+            warnings.warn(f"{path}: training settings differ from the checkpoint's; training on with this run's "
+                          f"(override=True): {_describe(diff)}")
+            self._apply_settings()
         _set_rng_state(self.generator, s['rng'])
         self._rewrite_logs()
         return True
 
+    def _apply_settings(self):
+        "After an overriding resume: optimiser hyperparameters, base lr and schedule position from this run's settings."
+        cfg, spe = self.cfg, self.steps_per_epoch
+        self.step_in_epoch = min(self.step_in_epoch, spe)
+        for g in self.optimizer.param_groups:
+            g.update(initial_lr=cfg.lr, weight_decay=cfg.weight_decay)
+            if cfg.optimizer == 'sgd': g.update(momentum=cfg.momentum, nesterov=cfg.nesterov)
+        self.scheduler.base_lrs = [cfg.lr] * len(self.optimizer.param_groups)
+        self.scheduler.last_epoch = self.epoch * spe + self.step_in_epoch
+        lr = cfg.lr * lr_factor(self.scheduler.last_epoch, spe, cfg)
+        for g in self.optimizer.param_groups: g['lr'] = lr
+        self.scheduler._last_lr = [lr] * len(self.optimizer.param_groups)
+
     def _rewrite_logs(self):
-        "Make metrics.jsonl / metrics.csv hold exactly the checkpoint's history (rows logged after it are dropped)."
+        "Make metrics.jsonl / metrics.csv hold exactly the history (rows logged after the checkpoint are dropped)."
         if not is_main_process(): return
         for f in ('metrics.jsonl', 'metrics.csv'): (self.out_dir/f).unlink(missing_ok=True)
         rows, self.history = self.history, []
         for row in rows: self.log(row)
 
 # %% ../nbs/09_train.ipynb #2dff141f
+def _write_metrics_csv(path:Path, rows:list, row:dict):
+    "Append `row`, or rewrite the file whole (atomically) when its header is not the union of the rows' keys."
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    header = None
+    if path.exists():
+        with open(path, newline='') as f: header = next(csv.reader(f), None)
+    if header == columns:
+        with open(path, 'a', newline='') as f: csv.DictWriter(f, columns).writerow(row)
+    else:
+        text = io.StringIO(); w = csv.DictWriter(text, columns); w.writeheader(); w.writerows(rows)
+        _write_atomic(path, text.getvalue())
+
 @patch
 def log(self:Trainer, row:dict):
+    "Record one epoch: history, a line of metrics.jsonl, a row of metrics.csv (fixed columns), TensorBoard."
     self.history.append(row)
     if not is_main_process(): return
-    self.out_dir.mkdir(parents=True, exist_ok=True)
-    with open(self.out_dir/'metrics.jsonl', 'a') as f: f.write(json.dumps(row) + '\n')
-    keys = list(row)
-    new = not (self.out_dir/'metrics.csv').exists()
-    with open(self.out_dir/'metrics.csv', 'a', newline='') as f:
-        w = csv.DictWriter(f, keys, extrasaction='ignore')
-        if new: w.writeheader()
-        w.writerow(row)
+    try:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.out_dir/'metrics.jsonl', 'a') as f: f.write(json.dumps(row) + '\n')
+        _write_metrics_csv(self.out_dir/'metrics.csv', self.history, row)
+    except OSError as e:
+        err = _no_space(e, self.out_dir, 'the training logs')
+        if err is e: raise
+        raise err from e
     if getattr(self, '_tb', None) is None:
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -225,17 +311,23 @@ def log(self:Trainer, row:dict):
 
 
 @patch
-def fit(self:Trainer, resume:bool=False) -> list:
-    "Train until `cfg.epochs`; with `resume`, continue from the last checkpoint. Returns the per-epoch history."
+def fit(self:Trainer, resume:bool=False, # continue from the last checkpoint, if there is one
+        override:bool=False, # with `resume`: train on with this run's settings where they differ from the checkpoint's
+       ) -> list:
+    "Train until `cfg.epochs`. Returns the per-epoch history."
     cfg = self.cfg
-    if resume: self.resume()
+    if is_main_process(): check_writable(self.out_dir)
+    if not (resume and self.resume(override=override)): self._rewrite_logs()   # a fresh run: no rows of an earlier one
     amp = cfg.amp and self.device.type == 'cuda'
     while self.epoch < cfg.epochs:
         epoch = self.epoch
-        # each epoch (and each rank: different augmentations per process) re-seeds its augmentation stream
-        if self.step_in_epoch == 0: self.generator.manual_seed(cfg.seed * 100003 + epoch * 1009 + self.rank)
+        if self.step_in_epoch == 0:
+            # each epoch (and each rank: different augmentations per process) re-seeds its augmentation stream
+            self.generator.manual_seed(cfg.seed * 100003 + epoch * 1009 + self.rank)
+            self.epoch_progress = _new_progress()
+        run = self.epoch_progress                         # restored by `resume` in the middle of an epoch
         self.model.train()
-        sums, n, clips, t0 = {}, 0, 0, time.time()
+        t0 = time.time() - run['seconds']
         batches = itertools.islice(self.data(epoch, self.step_in_epoch, (self.rank, self.world)),
                                    self.steps_per_epoch - self.step_in_epoch)
         bar = tqdm(batches, total=self.steps_per_epoch - self.step_in_epoch, desc=f'epoch {epoch + 1}/{cfg.epochs}',
@@ -249,15 +341,17 @@ def fit(self:Trainer, resume:bool=False) -> list:
             loss.backward()
             if cfg.grad_clip: nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             self.optimizer.step(); self.scheduler.step()
-            self.step_in_epoch += 1; n += 1
-            clips += len(batch['x']) if isinstance(batch, dict) and 'x' in batch else cfg.batch_size
-            for k, v in out.items(): sums[k] = sums.get(k, 0.) + float(v.detach() if torch.is_tensor(v) else v)
-            bar.set_postfix(loss=f"{sums['loss'] / n:.4f}")
+            self.step_in_epoch += 1; run['steps'] += 1
+            run['clips'] += len(batch['x']) if isinstance(batch, dict) and 'x' in batch else cfg.batch_size
+            for k, v in out.items(): run['sums'][k] = run['sums'].get(k, 0.) + float(v.detach() if torch.is_tensor(v) else v)
+            run['seconds'] = time.time() - t0
+            bar.set_postfix(loss=f"{run['sums']['loss'] / run['steps']:.4f}")
             if cfg.checkpoint_every_steps and self.step_in_epoch % cfg.checkpoint_every_steps == 0: self.save()
-        self.epoch, self.step_in_epoch = epoch + 1, 0
-        row = {'epoch': self.epoch, **{k: v / max(n, 1) for k, v in sums.items()},
-               'lr': self.optimizer.param_groups[0]['lr'], 'seconds': round(time.time() - t0, 3),
-               'clips_per_s': round(clips * self.world / max(time.time() - t0, 1e-9), 2)}
+        seconds, n = time.time() - t0, max(run['steps'], 1)
+        self.epoch, self.step_in_epoch, self.epoch_progress = epoch + 1, 0, _new_progress()
+        row = {'epoch': self.epoch, **{k: v / n for k, v in run['sums'].items()},
+               'lr': self.optimizer.param_groups[0]['lr'], 'seconds': round(seconds, 3),
+               'clips_per_s': round(run['clips'] * self.world / max(seconds, 1e-9), 2)}
         self.log(row)
         if self.epoch % cfg.checkpoint_every == 0 or self.epoch == cfg.epochs: self.save()
     return self.history
@@ -288,7 +382,9 @@ def pretrain(dataset:str='synthetic', # dataset name(s) for `load_corpus` ('babe
              snippet_weight:float|None=None, t_grid:int|None=None, # None: the preset's
              preset:str='light', # 'light', 'official' or 'snipnb' (`snipnb.contrastive.PRESETS`): model and recipe
              out_dir:str|Path|None=None, # default: <output_dir>/pretrain/<run name>
-             resume:bool=False, corpus_options:dict|None=None, # e.g. {'size': 'quick'} for the synthetic data
+             resume:bool=False, # continue from out_dir/last.pt (refused when the settings differ, unless `override`)
+             override:bool=False, # with `resume`: train on with this call's settings where they differ from the checkpoint's
+             corpus_options:dict|None=None, # e.g. {'size': 'quick'} for the synthetic data
              pretext_options:dict|None=None, # queue_size, mining_epoch, topk, query_augment, ... (see `Pretext`)
              backbone_options:dict|None=None, # strides, data_bn, ... (see `SkeletonBackbone`)
              progress:bool=True,
@@ -323,7 +419,7 @@ def pretrain(dataset:str='synthetic', # dataset name(s) for `load_corpus` ('babe
         raise ValueError(f"{dataset}: fewer clips than one batch of {cfg.batch_size}; lower batch_size or clip_len")
     trainer = Trainer(model, pretrain_step, data, cfg, out_dir, model_config={**model.config, 'method': method, 'preset': preset, 'dataset': dataset},
                       steps_per_epoch=steps, progress=progress)
-    trainer.fit(resume=resume)
+    trainer.fit(resume=resume, override=override)
     return trainer
 
 def pretrained_backbone(path:str|Path) -> 'SkeletonBackbone':

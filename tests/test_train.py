@@ -63,6 +63,13 @@ def test_pretrained_backbone_and_config_mismatch(tmp_path, monkeypatch):
         load_backbone_state(build_backbone('stgcn16', strides=(2, 5, 8), num_persons=1), backbone_state(bb))
     with pytest.raises(CheckpointError, match='made for another model'):     # resuming with another backbone
         pretrain('synthetic', 'rvtclr', 'agcn', out_dir=tmp_path/'run', resume=True, **common)
+    lr = tr.cfg.lr
+    with pytest.raises(CheckpointError, match=f'lr: {lr} -> {lr * 2}'):           # resuming with another lr
+        pretrain('synthetic', 'rvtclr', 'stgcn16', out_dir=tmp_path/'run', resume=True, **{**common, 'epochs': 2, 'lr': lr * 2})
+    with pytest.warns(UserWarning, match='training settings differ'):             # unless the caller says so
+        tr2 = pretrain('synthetic', 'rvtclr', 'stgcn16', out_dir=tmp_path/'run', resume=True, override=True,
+                       **{**common, 'epochs': 2, 'lr': lr * 2})
+    assert tr2.epoch == 2 and load_checkpoint(tmp_path/'run'/'last.pt')['train_config']['lr'] == lr * 2
 
 def test_torchrun_two_processes(tmp_path):
     "The CLI under torchrun: 2 CPU processes (gloo), one tiny epoch, a checkpoint that loads."
@@ -96,3 +103,115 @@ def test_pretrain_notebook_says_what_is_missing(repo, tmp_path):
                    env={'SNIPNB_BABEL_ROOT': str(tmp_path/'no_babel'), 'SNIPNB_CACHE_DIR': str(tmp_path/'cache')})
     assert res.returncode != 0
     assert 'DatasetNotFound' in res.stderr + res.stdout and 'babel.is.tue.mpg.de' in res.stderr + res.stdout
+
+# ---- issue 12, section 3: interrupted training keeps its log; resume refuses changed settings ----
+import csv, errno, warnings
+import torch.nn as nn
+from snipnb.train import Trainer, TrainConfig
+
+class Killed(Exception): "Stands for a SIGKILL at a chosen point of training."
+
+def _toy_data(epoch, skip, shard):
+    g = torch.Generator().manual_seed(epoch)
+    for x in torch.randn(8, 16, 1, generator=g)[skip:]: yield {'x': x, 'y': 3 * x + 1}
+
+def _toy_step(model, batch, epoch, gen):
+    noise = torch.randn(batch['x'].shape, generator=gen) * 0.01
+    loss = ((model(batch['x'] + noise) - batch['y']) ** 2).mean()
+    return {'loss': loss, **({'extra': loss.detach() * 2} if epoch >= 1 else {})}   # a term that appears in epoch 2
+
+class _ToyTrainer(Trainer):
+    "The line-fitting toy; `kill` = ('step', epoch, step) or ('epoch_end_save', epoch) stops it there."
+    def __init__(self, out, kill=None, steps_counter=None, **cfg):
+        torch.manual_seed(0)
+        cfg = TrainConfig(**{'epochs': 3, 'lr': 0.05, 'warmup_epochs': 1, 'steps': (2,), 'device': 'cpu', 'batch_size': 16, **cfg})
+        self.kill, self.steps_counter = kill, steps_counter
+        step = self._counting_step
+        super().__init__(nn.Linear(1, 1), step, _toy_data, cfg, out, model_config={'name': 'line'}, progress=False)
+
+    def _counting_step(self, model, batch, epoch, gen):
+        if self.kill and self.kill[0] == 'step' and (epoch, self.step_in_epoch) == self.kill[1:]: raise Killed()
+        if self.steps_counter is not None: self.steps_counter.append((epoch, self.step_in_epoch))
+        return _toy_step(model, batch, epoch, gen)
+
+    def save(self, path=None):
+        if self.kill and self.kill[0] == 'epoch_end_save' and self.step_in_epoch == 0 and self.epoch == self.kill[1]: raise Killed()
+        super().save(path)
+
+def _rows(out):
+    drop = ('seconds', 'clips_per_s')
+    jl = [{k: v for k, v in json.loads(l).items() if k not in drop} for l in (out/'metrics.jsonl').read_text().splitlines()]
+    with open(out/'metrics.csv', newline='') as f: cs = list(csv.DictReader(f))
+    return jl, cs
+
+def _check_interrupted_run_logs_like_uninterrupted(tmp_path, kill, every_steps):
+    full = _ToyTrainer(tmp_path/'full', checkpoint_every_steps=every_steps); full.fit()
+    cut = tmp_path/'cut'
+    with pytest.raises(Killed): _ToyTrainer(cut, kill=kill, checkpoint_every_steps=every_steps).fit()
+    resumed = _ToyTrainer(cut, checkpoint_every_steps=every_steps); resumed.fit(resume=True)
+    assert torch.equal(resumed.model.weight, full.model.weight)
+    (fj, _), (cj, cc) = _rows(tmp_path/'full'), _rows(cut)
+    assert [r['epoch'] for r in cj] == [1, 2, 3]                                  # each epoch logged once
+    for a, b in zip(fj, cj):                                                       # mean over ALL the epoch's steps
+        assert a.keys() == b.keys(), (a, b)
+        for k in a: assert b[k] == pytest.approx(a[k], rel=1e-12), (k, a, b)
+    header = list(cc[0].keys())
+    assert set(header) == {k for r in cj for k in r} | {'seconds', 'clips_per_s'}   # fixed columns: the union of keys
+    for r, c in zip(cj, cc):                                                       # no value under the wrong header
+        for k in header:
+            if k in r: assert float(c[k]) == pytest.approx(r[k], rel=1e-6), (k, r, c)
+            elif k not in ('seconds', 'clips_per_s'): assert c[k] == '', (k, c)
+
+def test_kill_between_last_step_checkpoint_and_epoch_end_save_keeps_the_epoch_loss(tmp_path):
+    "checkpoint at step 8 of 8 (the last), killed at the epoch-end save: the resumed epoch has 0 steps left"
+    _check_interrupted_run_logs_like_uninterrupted(tmp_path, ('epoch_end_save', 2), every_steps=4)
+
+def test_resume_mid_epoch_logs_the_mean_over_all_steps(tmp_path):
+    "checkpoint at step 3, killed at step 5 of epoch 2: the logged loss averages steps 0-7, not 3-7"
+    _check_interrupted_run_logs_like_uninterrupted(tmp_path, ('step', 1, 5), every_steps=3)
+
+def test_metrics_csv_has_fixed_columns(tmp_path):
+    "a loss term that appears only from epoch 2 gets its column; rows never shift"
+    tr = _ToyTrainer(tmp_path/'run'); tr.fit()
+    jl, cs = _rows(tmp_path/'run')
+    assert 'extra' in cs[0] and cs[0]['extra'] == '' and float(cs[1]['extra']) == pytest.approx(jl[1]['extra'])
+
+def test_resume_with_other_settings_is_refused_unless_overridden(tmp_path):
+    _ToyTrainer(tmp_path/'run', epochs=2).fit()
+    other = _ToyTrainer(tmp_path/'run', epochs=4, lr=0.1, batch_size=32, device='cpu', checkpoint_every_steps=2)
+    with pytest.raises(CheckpointError) as e: other.fit(resume=True)
+    msg = str(e.value)
+    assert 'last.pt' in msg and 'lr: 0.05 -> 0.1' in msg and 'batch_size: 16 -> 32' in msg and 'override' in msg
+    assert 'epochs' not in msg and 'checkpoint_every_steps' not in msg              # not what is trained
+    assert other.epoch == 0                                                         # refused before loading anything
+    same = _ToyTrainer(tmp_path/'run', epochs=3); same.fit(resume=True)             # more epochs: allowed
+    assert same.epoch == 3
+    with pytest.warns(UserWarning, match=r'lr: 0\.05 -> 0\.1'): other.fit(resume=True, override=True)
+    assert other.epoch == 4 and load_checkpoint(tmp_path/'run'/'last.pt')['train_config']['lr'] == 0.1
+    assert other.history[-1]['lr'] == pytest.approx(0.1 * 0.1)                     # the new base lr, x gamma after epoch 2
+    cos = _ToyTrainer(tmp_path/'cos', epochs=2, schedule='cosine'); cos.fit()
+    with pytest.raises(CheckpointError, match='epochs: 2 -> 4'):                    # cosine: epochs shape the schedule
+        _ToyTrainer(tmp_path/'cos', epochs=4, schedule='cosine').fit(resume=True)
+
+def test_unwritable_out_dir_is_found_before_training(tmp_path):
+    (tmp_path/'afile').write_text('not a folder')
+    steps = []
+    with pytest.raises(OSError, match='afile/run: cannot write'):
+        _ToyTrainer(tmp_path/'afile'/'run', steps_counter=steps).fit()
+    assert steps == []                                                              # no step was trained in vain
+    if os.geteuid() != 0:                                                           # root writes anywhere
+        ro = tmp_path/'ro'; ro.mkdir(); ro.chmod(0o500)
+        with pytest.raises(OSError, match='ro: cannot write'): _ToyTrainer(ro, steps_counter=steps).fit()
+        assert steps == []
+
+@pytest.mark.skipif(not os.path.exists('/dev/full'), reason='needs /dev/full to fill a "disk"')
+def test_disk_full_while_saving_a_checkpoint(tmp_path):
+    "The temporary file is a link to /dev/full: every write fails with ENOSPC, as on a full disk."
+    p = tmp_path/'last.pt'
+    save_checkpoint(p, {'model': {'w': torch.zeros(10)}, 'model_config': {}, 'epoch': 1})
+    os.symlink('/dev/full', tmp_path/f'.last.pt.tmp-{os.getpid()}')
+    with pytest.raises(OSError, match=f'no space left on {tmp_path}') as e:
+        save_checkpoint(p, {'model': {'w': torch.zeros(100_000)}, 'model_config': {}, 'epoch': 2})
+    assert e.value.errno == errno.ENOSPC
+    assert load_checkpoint(p)['epoch'] == 1                                         # the previous checkpoint is intact
+    assert sorted(f.name for f in tmp_path.iterdir()) == ['last.pt']                # nothing half-written left
