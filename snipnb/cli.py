@@ -39,6 +39,7 @@ def pretrain_parser() -> argparse.ArgumentParser:
     p.add_argument('--checkpoint-every-steps', type=int, default=None, help='also checkpoint every this many steps')
     p.add_argument('--device', default=None); p.add_argument('--out-dir', default=None)
     p.add_argument('--compile', action='store_true'); p.add_argument('--resume', action='store_true')
+    p.add_argument('--override', action='store_true', help='resume even though training settings changed (say which)')
     p.add_argument('--no-progress', action='store_true')
     return p
 
@@ -57,7 +58,7 @@ def pretrain_arguments(a:argparse.Namespace) -> dict:
                    steps=tuple(a.steps) if a.steps is not None else None, device=a.device, max_steps=a.max_steps,
                    checkpoint_every_steps=a.checkpoint_every_steps)
     return dict(dataset=a.dataset, method=a.method, backbone=a.backbone, snippet=a.snippet, snippet_weight=a.snippet_weight,
-                t_grid=a.t_grid, preset=a.preset, out_dir=a.out_dir, resume=a.resume,
+                t_grid=a.t_grid, preset=a.preset, out_dir=a.out_dir, resume=a.resume, override=a.override,
                 corpus_options={'size': size} if size else None, pretext_options=pretext, backbone_options=backbone,
                 progress=not a.no_progress, compile=a.compile, **train)
 

@@ -378,6 +378,7 @@ def fit_localizer(dataset:str='synthetic', # a load_corpus name: 'synthetic', 'b
                   ufusion:bool=True, backbone:str='stgcn16', # backbone name when there is no checkpoint
                   label_fraction:float=1.0, label_seed:int=0, subset=None, # synthetic: 1, 2, 3 or class names
                   corpus_options:dict|None=None, out_dir:str|Path|None=None, resume:bool=False, progress:bool=True,
+                  override:bool=False, # resume even though training settings changed
                   knn_k:int=20,
                   select:str='final', # 'final', 'best_val' or 'official' (best epoch on the test set: optimistic)
                   val_fraction:float=0.1, val_seed:int=0, # the validation split of select='best_val'
@@ -455,7 +456,7 @@ def fit_localizer(dataset:str='synthetic', # a load_corpus name: 'synthetic', 'b
     trainer = SelectingTrainer(model, localizer_step, data, cfg, out_dir, model_config=model_config, steps_per_epoch=steps,
                                progress=progress, score=score)
     if not resume: trainer.best_path.unlink(missing_ok=True)      # a best.pt of an earlier run in this folder
-    trainer.fit(resume=resume)
+    trainer.fit(resume=resume, override=override)
     if select == 'final': model.selection = selection_record('final', trainer.epoch)
     else:
         best = trainer.load_best()

@@ -6,7 +6,7 @@ Docs: https://snipnb.github.io/snipnb/train.html.md"""
 
 # %% ../nbs/09_train.ipynb #a4e70f18
 from __future__ import annotations
-import contextlib, csv, errno, inspect, io, itertools, json, math, os, time, warnings
+import contextlib, csv, numbers, errno, inspect, io, itertools, json, math, os, time, warnings
 from dataclasses import dataclass, field, asdict, fields
 from pathlib import Path
 from typing import Callable
@@ -49,6 +49,14 @@ class TrainConfig:
     checkpoint_every: int = 1           # epochs between checkpoints (and one at the end)
     checkpoint_every_steps: int|None = None  # also every this many steps (long epochs)
     device: str|None = None             # None: the `device` setting ('auto')
+
+    def __post_init__(self):
+        for f in ('epochs', 'batch_size', 'clip_len', 'stride', 'max_steps', 'checkpoint_every', 'checkpoint_every_steps'):
+            v = getattr(self, f)
+            if v is None and f != 'epochs' and f != 'batch_size': continue
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+                raise ValueError(f"TrainConfig: {f} must be a positive integer{'' if f in ('epochs', 'batch_size') else ' or None'}, got {v!r}")
+        if not (math.isfinite(self.lr) and self.lr > 0): raise ValueError(f"TrainConfig: lr must be a positive number, got {self.lr!r}")
 
     def to_dict(self) -> dict: return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
