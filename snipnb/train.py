@@ -55,7 +55,8 @@ class TrainConfig:
             v = getattr(self, f)
             if v is None and f != 'epochs' and f != 'batch_size': continue
             if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-                raise ValueError(f"TrainConfig: {f} must be a positive integer{'' if f in ('epochs', 'batch_size') else ' or None'}, got {v!r}")
+                none = {'clip_len': ' or None (whole sequences)'}.get(f, '' if f in ('epochs', 'batch_size') else ' or None')
+                raise ValueError(f"TrainConfig: {f} must be a positive integer{none}, got {v!r}")
         if not (math.isfinite(self.lr) and self.lr > 0): raise ValueError(f"TrainConfig: lr must be a positive number, got {self.lr!r}")
 
     def to_dict(self) -> dict: return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
