@@ -16,8 +16,10 @@ torch:
 		echo "torch $$($(PYTHON) -c 'import torch; print(torch.__version__)') already installed"; \
 	else $(PIP) install "$(TORCH_SPEC)"; fi
 
+# `make run` needs the lab extra (papermill, JupyterLab, widgets, kaleido, nbdev); `make test` the dev extra (lab, the
+# tsne extra (scikit-learn), pytest, hypothesis, selenium, openpyxl). `pip install -e .` alone is the library.
 install: torch
-	$(PIP) install -e .
+	$(PIP) install -e ".[lab]"
 
 install-dev: torch
 	$(PIP) install -e ".[dev]"

@@ -1,4 +1,4 @@
-"""`python -m snipnb.cli` pretrains from a shell; `torchrun --standalone --nproc_per_node N -m snipnb.cli` on N GPUs.
+"""`snipnb-pretrain` (or `python -m snipnb.cli`) pretrains from a shell; `torchrun --standalone --nproc_per_node N -m snipnb.cli` on N GPUs.
 
 Docs: https://snipnb.github.io/snipnb/cli.html.md"""
 
@@ -7,66 +7,134 @@ Docs: https://snipnb.github.io/snipnb/cli.html.md"""
 # %% ../nbs/10_cli.ipynb #ecb8acc3
 from __future__ import annotations
 import argparse, json
+from dataclasses import dataclass
 import torch.distributed as dist
-from .train import pretrain, is_main_process
+from fastcore.docments import docments
+from .train import TrainConfig, pretrain, is_main_process
 
 # %% auto #0
-__all__ = ['pretrain_parser', 'pretrain_arguments', 'main']
+__all__ = ['SHORTCUTS', 'Option', 'pretrain_options', 'option_value', 'pretrain_kwargs', 'pretrain_parser', 'cli_arguments',
+           'pretrain_from_cli', 'main']
+
+# %% ../nbs/10_cli.ipynb #98a24fed
+@dataclass
+class Option:
+    "One pretraining option, as the command line and the pretrain notebook take it."
+    name:str; kind:type; default:object; doc:str|None
+    group:str   # 'pretrain', 'train' (a `TrainConfig` field) or, for a shortcut, the dictionary option it goes into
+
+_TYPES = {'int': int, 'float': float, 'str': str, 'bool': bool, 'dict': dict, 'tuple': tuple, 'Path': str}
+
+def _kind(anno:str) -> type:
+    "The type of an option's value from its annotation ('int | None' -> int)."
+    return _TYPES[[a.strip() for a in str(anno).split('|') if a.strip() != 'None'][0]]
+
+SHORTCUTS = {  # name: (dictionary option, type, documentation)
+    'size': ('corpus_options', str, "synthetic corpus size: 'quick', 'default' or a number of recordings (other datasets: ignored)"),
+    'queue_size': ('pretext_options', int, 'MoCo queue length')}
 
 # %% ../nbs/10_cli.ipynb #53fc7082
-def _none_or(type_):
-    return lambda v: None if v.lower() == 'none' else type_(v)
+def pretrain_options() -> dict[str, Option]:
+    "Every option of `pretrain`: its parameters, `TrainConfig`'s fields (its `**train_options`) and the shortcuts."
+    opts = {}
+    for group, f in (('pretrain', pretrain), ('train', TrainConfig)):
+        for k, d in docments(f, full=True).items():
+            if k in ('return', 'train_options'): continue
+            assert k not in opts, f"{k}: both a `pretrain` parameter and a `TrainConfig` field"
+            opts[k] = Option(k, _kind(d['anno']), d['default'], d['docment'], group)
+    for k, (target, kind, doc) in SHORTCUTS.items(): opts[k] = Option(k, kind, None, doc, target)
+    return opts
+
+# %% ../nbs/10_cli.ipynb #7de55796
+def _number(s): return s if isinstance(s, (int, float)) else int(s) if str(s).lstrip('-').isdigit() else float(s)
+
+def option_value(o:Option, v):
+    "`v` as option `o`'s type (`None`: not set)."
+    if v is None: return None
+    try:
+        if o.kind is dict:
+            d = json.loads(v) if isinstance(v, str) else v
+            if not isinstance(d, dict): raise ValueError('not a JSON object')
+            return dict(d)
+        if o.kind is tuple:
+            items = v.replace(',', ' ').split() if isinstance(v, str) else v if isinstance(v, (list, tuple)) else [v]
+            return tuple(_number(i) for i in items)
+        if o.kind is bool:
+            if not isinstance(v, bool): raise ValueError('not True or False')
+            return v
+        return str(v) if o.kind is str else o.kind(v)
+    except ValueError as e:
+        raise ValueError(f"{o.name}: expected {'a JSON object' if o.kind is dict else o.kind.__name__}, got {v!r} ({e})") from None
+
+# %% ../nbs/10_cli.ipynb #990eb629
+def _fold(kw:dict, name:str):
+    "Move shortcut `name` from `kw` into its dictionary option."
+    target, v = SHORTCUTS[name][0], kw.pop(name)
+    if name == 'size':
+        if kw.get('dataset', 'synthetic').split('+')[0] != 'synthetic': return
+        v = _number(v) if v.isdigit() else v
+    d = dict(kw.get(target) or {})
+    if name in d and d[name] != v: raise ValueError(f"{name} given twice: {v!r} and {d[name]!r} in {target}")
+    kw[target] = {**d, name: v}
+
+def pretrain_kwargs(**options) -> dict:
+    "`pretrain`'s keyword arguments from options (names as in `pretrain_options`); `None` means not set."
+    known = pretrain_options()
+    if unknown := set(options) - set(known): raise TypeError(f"unknown pretraining options: {', '.join(sorted(unknown))}")
+    kw = {k: option_value(known[k], v) for k, v in options.items() if v is not None}
+    for k in SHORTCUTS:
+        if k in kw: _fold(kw, k)
+    return kw
+
+# %% ../nbs/10_cli.ipynb #e296c7d2
+_GROUPS = {'pretrain': 'pretraining (`snipnb.train.pretrain`)', 'train': "training recipe (`TrainConfig`; the preset sets some)",
+           'shortcut': 'shortcuts (a key of a dictionary option above)'}
+
+def _help(o:Option) -> str:
+    where = {'pretrain': None if o.default is None else f"default: {o.default!r}", 'train': f"default: the preset's, else {o.default!r}"}
+    parts = [o.doc, {dict: 'JSON object', tuple: 'numbers'}.get(o.kind), where[o.group] if o.group in where else f"goes into {o.group}"]
+    return '; '.join(p for p in parts if p).replace('%', '%%')
 
 def pretrain_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='python -m snipnb.cli', description='Self-supervised pretraining (snipnb)')
-    p.add_argument('--dataset', default='synthetic'); p.add_argument('--method', default='snipclr')
-    p.add_argument('--preset', default='light', help="'light', 'official' or 'snipnb': model and recipe")
-    p.add_argument('--backbone', default=None, help="default: the preset's")
-    p.add_argument('--strides', type=int, nargs='+', default=None, help='1-based blocks with temporal stride 2')
-    p.add_argument('--data-bn', type=_none_or(str), default='preset', help="'vc', 'mvc' or 'none'")
-    p.add_argument('--graph', default=None, help="'spatial', 'agcn' or 'agcn_raw'")
-    p.add_argument('--snippet', action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument('--snippet-weight', type=float, default=None); p.add_argument('--t-grid', type=int, default=None)
-    p.add_argument('--size', default=None, help="synthetic corpus size ('quick', 'default' or a number)")
-    p.add_argument('--queue-size', type=int, default=None); p.add_argument('--mining-epoch', type=int, default=None)
-    p.add_argument('--no-mining', action='store_true', help='no nearest-neighbour mining, whatever the preset says')
-    p.add_argument('--pretext-json', default=None, help='more pretext options as JSON, e.g. \'{"similarity": "dot"}\'')
-    for name, typ in [('epochs', int), ('batch-size', int), ('clip-len', int), ('lr', float), ('seed', int),
-                      ('warmup-epochs', float), ('weight-decay', float), ('lr-rule', str)]:
-        p.add_argument(f'--{name}', type=typ, default=None)
-    p.add_argument('--steps', type=int, nargs='*', default=None); p.add_argument('--optimizer', default=None)
-    p.add_argument('--max-steps', type=int, default=None, help='at most this many batches per epoch')
-    p.add_argument('--checkpoint-every-steps', type=int, default=None, help='also checkpoint every this many steps')
-    p.add_argument('--device', default=None); p.add_argument('--out-dir', default=None)
-    p.add_argument('--compile', action='store_true'); p.add_argument('--resume', action='store_true')
-    p.add_argument('--override', action='store_true', help='resume even though training settings changed (say which)')
-    p.add_argument('--no-progress', action='store_true')
+    "The command line of `snipnb-pretrain`, generated from `pretrain_options`."
+    p = argparse.ArgumentParser(prog='snipnb-pretrain', allow_abbrev=False,
+                                description='Self-supervised pretraining (snipnb). An option left out is not set: '
+                                            "pretrain's default or the preset's applies.")
+    groups = {g: p.add_argument_group(title) for g, title in _GROUPS.items()}
+    for o in pretrain_options().values():
+        g, flag = groups.get(o.group, groups['shortcut']), '--' + o.name.replace('_', '-')
+        if o.kind is bool: g.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=_help(o))
+        elif o.kind is tuple: g.add_argument(flag, nargs='*', default=None, metavar='N', help=_help(o))
+        else: g.add_argument(flag, default=None, metavar=o.kind.__name__.upper(), help=_help(o))
     return p
 
-def _given(**kw) -> dict: return {k: v for k, v in kw.items() if v is not None}
+# %% ../nbs/10_cli.ipynb #3ddf1b31
+def cli_arguments(**options) -> list[str]:
+    "Flags of `snipnb-pretrain` (and `torchrun ... -m snipnb.cli`) that give `pretrain` the same keyword arguments as `options`."
+    args = []
+    for k, v in pretrain_kwargs(**options).items():
+        flag = '--' + k.replace('_', '-')
+        if isinstance(v, bool): args.append(flag if v else f"--no-{flag[2:]}")
+        elif isinstance(v, tuple): args += [flag, *map(str, v)]
+        elif isinstance(v, dict): args += [flag, json.dumps(v)]
+        else: args += [flag, str(v)]
+    return args
 
-def pretrain_arguments(a:argparse.Namespace) -> dict:
-    "`pretrain` keyword arguments from parsed options: only what was given, the preset fills in the rest."
-    size = a.size if a.size is None or not a.size.isdigit() else int(a.size)
-    backbone = _given(strides=a.strides, graph=a.graph)
-    if a.data_bn != 'preset': backbone['data_bn'] = a.data_bn
-    pretext = _given(queue_size=a.queue_size, mining_epoch=a.mining_epoch)
-    if a.no_mining: pretext['mining_epoch'] = None
-    if a.pretext_json: pretext.update(json.loads(a.pretext_json))
-    train = _given(epochs=a.epochs, batch_size=a.batch_size, clip_len=a.clip_len, lr=a.lr, seed=a.seed,
-                   warmup_epochs=a.warmup_epochs, weight_decay=a.weight_decay, lr_rule=a.lr_rule, optimizer=a.optimizer,
-                   steps=tuple(a.steps) if a.steps is not None else None, device=a.device, max_steps=a.max_steps,
-                   checkpoint_every_steps=a.checkpoint_every_steps)
-    return dict(dataset=a.dataset, method=a.method, backbone=a.backbone, snippet=a.snippet, snippet_weight=a.snippet_weight,
-                t_grid=a.t_grid, preset=a.preset, out_dir=a.out_dir, resume=a.resume, override=a.override,
-                corpus_options={'size': size} if size else None, pretext_options=pretext, backbone_options=backbone,
-                progress=not a.no_progress, compile=a.compile, **train)
-
-def main(argv=None):
-    "Entry point of `python -m snipnb.cli` / `torchrun --standalone --nproc_per_node N -m snipnb.cli`."
-    tr = pretrain(**pretrain_arguments(pretrain_parser().parse_args(argv)))
+# %% ../nbs/10_cli.ipynb #65e3cec5
+def pretrain_from_cli(argv:list[str]|None=None, # flags; None: `sys.argv[1:]`
+                     ) -> 'Trainer':
+    "Pretrain as the command line says; returns the trainer."
+    parser = pretrain_parser()
+    args = parser.parse_args(argv)
+    try: kw = pretrain_kwargs(**vars(args))
+    except (TypeError, ValueError) as e: parser.error(str(e))
+    tr = pretrain(**kw)
     if is_main_process(): print(f"checkpoint: {tr.checkpoint_path}")
     if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
     return tr
+
+def main(argv:list[str]|None=None):
+    "Entry point of `snipnb-pretrain`, `python -m snipnb.cli` and `torchrun ... -m snipnb.cli` (returns None: exit status 0)."
+    pretrain_from_cli(argv)
 
 if __name__ == '__main__' and '__file__' in globals(): main()   # `python -m snipnb.cli`, not a notebook

@@ -12,6 +12,7 @@ import numpy as np
 from fastcore.basics import patch
 from tqdm.auto import tqdm
 from .config import get_setting, get_settings
+from .fileio import remove_stale, writer_lock
 from .skeleton import Sequence, get_layout, labels_to_segments
 
 # %% auto #0
@@ -59,12 +60,6 @@ def files_fingerprint(paths) -> list:
     return sorted((str(p), p.stat().st_size, int(p.stat().st_mtime)) for p in map(Path, paths))
 
 # %% ../nbs/04_datasets.ipynb #4a06b4cf
-def _pid_alive(pid:str) -> bool:
-    try: os.kill(int(pid), 0)
-    except (ValueError, ProcessLookupError): return False
-    except PermissionError: return True
-    return True
-
 def _json_safe(o):
     if isinstance(o, dict): return {str(k): _json_safe(v) for k, v in o.items()}
     if isinstance(o, (list, tuple)): return [_json_safe(v) for v in o]
@@ -109,9 +104,13 @@ def build_cache(sequences, # iterable of `Sequence` (streamed: one in memory at 
     "Write `sequences` into a new cache folder `path`, atomically; returns `path`."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f'{path.name}.tmp-*'):       # left by a killed writer (not by a live one)
-        if not _pid_alive(stale.name.split('.tmp-')[-1].split('-')[0]): shutil.rmtree(stale, ignore_errors=True)
-    tmp = path.parent/f'{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}'
+    remove_stale(path.parent, f'{path.name}.tmp-*')    # left by a killed writer (its lock is free), on any host
+    with writer_lock(path.parent/f'{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}') as tmp:
+        _write_cache(sequences, tmp, path, name, class_names, num_persons, settings, total, progress, replace)
+    return path
+
+def _write_cache(sequences, tmp:Path, path:Path, name, class_names, num_persons, settings, total, progress, replace):
+    "The body of `build_cache`: write `tmp`, install it at `path`; on any error remove it and say why."
     frames = labels = None
     try:
         tmp.mkdir()
@@ -153,7 +152,6 @@ def build_cache(sequences, # iterable of `Sequence` (streamed: one in memory at 
                           f"the partial cache was removed. Free space there, or set cache_dir (settings.ini or "
                           f"SNIPNB_CACHE_DIR) to a folder with room") from e
         raise
-    return path
 
 # %% ../nbs/04_datasets.ipynb #652d0cc8
 class CacheDamaged(ValueError):

@@ -1,4 +1,4 @@
-"""PCA and exact t-SNE in torch (CPU or CUDA, float32, deterministic), to look at learned features in 2-D.
+"""PCA in torch and t-SNE through scikit-learn (an optional extra), to look at learned features in 2-D.
 
 Docs: https://snipnb.github.io/snipnb/embed.html.md"""
 
@@ -6,15 +6,13 @@ Docs: https://snipnb.github.io/snipnb/embed.html.md"""
 
 # %% ../nbs/14_embed.ipynb #9b527de6
 from __future__ import annotations
-import math, warnings
-from contextlib import contextmanager
+import math
 import numpy as np
 import torch
 from torch import Tensor
-from .config import get_device
 
 # %% auto #0
-__all__ = ['subsample', 'pca', 'conditional_affinities', 'tsne', 'nn_accuracy']
+__all__ = ['subsample', 'pca', 'tsne', 'nn_accuracy']
 
 # %% ../nbs/14_embed.ipynb #7b988249
 def subsample(n:int, # number of points available
@@ -37,16 +35,6 @@ def _as_tensor(x, # (n, d) array or tensor
     t = t.to(device=device if device is not None else t.device, dtype=dtype)
     if not torch.isfinite(t).all(): raise ValueError("the points contain NaN or infinite values")
     return t
-
-# %% ../nbs/14_embed.ipynb #852e0049
-@contextmanager
-def _torch_threads(k:int|None):
-    "Run with `k` torch CPU threads (None: unchanged), restoring the setting after."
-    old = torch.get_num_threads()
-    if k is not None: torch.set_num_threads(k)
-    try: yield
-    finally:
-        if k is not None: torch.set_num_threads(old)
 
 # %% ../nbs/14_embed.ipynb #777d9731
 def _precise(device) -> torch.dtype:
@@ -75,19 +63,45 @@ def pca(x, # (n, d) numpy array or torch tensor
     out = _pca(_as_tensor(x, dtype=_precise(x.device if isinstance(x, Tensor) else 'cpu')), k, center)
     return out if isinstance(x, Tensor) else tuple(o.cpu().numpy() for o in out)
 
-# %% ../nbs/14_embed.ipynb #ecfe13bf
-def _blocks(n:int, device) -> tuple:
-    "Row blocks of about 1M entries (64M on CUDA), so that (rows, n) temporaries stay in cache: (starts, rows)."
-    b = max(1, (2 ** 26 if torch.device(device).type == 'cuda' else 2 ** 20) // n)
-    return range(0, n, b), b
+# %% ../nbs/14_embed.ipynb #ba28b819
+def _sklearn_tsne():
+    "scikit-learn's `TSNE` class, or an ImportError that says how to install it."
+    try: from sklearn.manifold import TSNE
+    except ImportError as e:
+        raise ImportError("t-SNE needs scikit-learn, an optional dependency: pip install 'snipnb[tsne]' "
+                          "(or pip install scikit-learn); PCA works without it") from e
+    return TSNE
 
-def _off_diagonal(blk:Tensor, s:int) -> Tensor:
-    "Mask of the entries of `blk`, rows `s:s+len(blk)` of an (n, n) matrix, that are off its diagonal."
-    keep = torch.ones_like(blk, dtype=torch.bool)
-    r = torch.arange(len(blk), device=blk.device)
-    keep[r, s + r] = False
-    return keep
+# %% ../nbs/14_embed.ipynb #e9ab65c7
+def tsne(x, # (n, d) numpy array or torch tensor of points
+         dims:int=2, # dimension of the embedding (at most 3 with the default Barnes-Hut method)
+         perplexity:float=30.0, # effective number of neighbours; must be below n - 1
+         iters:int=750, # iterations at most, the 250 exaggerated ones included (scikit-learn's max_iter, >= 250)
+         lr:float|str='auto', # learning rate; 'auto': max(n / early_exaggeration / 4, 50)
+         early_exaggeration:float=12.0, # P is multiplied by this for the first 250 iterations
+         seed:int=0, # scikit-learn's random_state: the same seed gives the same map
+         init='pca', # 'pca', 'random', or an (n, dims) array
+         return_kl:bool=False, # also return the final KL(P || Q)
+         verbose:bool=False, # print scikit-learn's progress
+         threads:int|None=1, # OpenMP threads while it runs (restored after); None: leave the setting
+         **options, # more `sklearn.manifold.TSNE` arguments (method='exact', angle, metric, ...)
+        ) -> np.ndarray: # (n, dims) float32 embedding; (embedding, kl) when `return_kl`
+    "t-SNE of the rows of `x` with scikit-learn's `TSNE` (van der Maaten & Hinton 2008)."
+    TSNE = _sklearn_tsne()
+    from threadpoolctl import threadpool_limits
+    x = _as_tensor(x, 'cpu').numpy()
+    n = len(x)
+    if not 1 <= perplexity < n - 1:
+        raise ValueError(f"perplexity must be at least 1 and below n - 1 = {n - 1} for {n} points, got {perplexity}: "
+                         f"use fewer neighbours (e.g. perplexity={max(1, min(30, (n - 2) // 3))}) or more points")
+    init = init if isinstance(init, str) else _as_tensor(init, 'cpu').numpy()
+    model = TSNE(dims, perplexity=perplexity, early_exaggeration=early_exaggeration, learning_rate=lr, max_iter=iters,
+                 init=init, verbose=int(verbose), random_state=seed, **options)
+    with threadpool_limits(threads):
+        y = model.fit_transform(x).astype(np.float32)
+    return (y, float(model.kl_divergence_)) if return_kl else y
 
+# %% ../nbs/14_embed.ipynb #9b306295
 def _sq_dists(x:Tensor) -> Tensor:
     "Pairwise squared Euclidean distances of the rows of `x` (centred first, diagonal exactly 0)."
     x = x - x.mean(0)
@@ -95,178 +109,6 @@ def _sq_dists(x:Tensor) -> Tensor:
     d = (sq[:, None] + sq[None] - 2 * (x @ x.T)).clamp_(min=0)
     return d.fill_diagonal_(0)
 
-# %% ../nbs/14_embed.ipynb #c5310ae8
-def _cut(logits:Tensor) -> Tensor:
-    "Logits below -500 (weights under 1e-217, relative to the largest) set to -inf: their `exp` would be subnormal, slow on CPUs."
-    return logits.masked_fill_(logits < -500, -math.inf)
-
-def _calibrate(d:Tensor, # (m, n - 1) squared distances of m points to the others
-               target:float, tol:float, max_iter:int,
-              ) -> tuple: # (p (m, n - 1), beta (m,), entropy error (m,))
-    "Safeguarded Newton iterations in log(beta), all rows at once, until each entropy is within `tol` of `target`."
-    d = d - d.min(1, keepdim=True).values                           # shift: p unchanged, exp(-beta d) <= 1
-    mean = d.mean(1)
-    u = -torch.log(torch.where(mean > 0, mean, torch.ones_like(mean)))  # log(beta): start at 1 / mean distance
-    lo, hi = torch.full_like(u, -math.inf), torch.full_like(u, math.inf)
-    active = torch.arange(len(d), device=d.device)
-    for _ in range(max_iter):
-        da, ua = d[active], u[active]
-        beta = ua.exp()
-        logits = _cut(-beta[:, None] * da)
-        lse = torch.logsumexp(logits, 1)
-        p = torch.exp(logits - lse[:, None])
-        m1 = (p * da).sum(1)
-        e = lse + beta * m1 - target                                  # entropy - target; entropy decreases with u
-        ok = e.abs() < tol
-        la, ha = torch.where(e > 0, ua, lo[active]), torch.where(e < 0, ua, hi[active])
-        slope = -beta ** 2 * (p * (da - m1[:, None]) ** 2).sum(1)     # d entropy / d u = -beta^2 Var_p(d)
-        newton = ua - e / torch.where(slope < 0, slope, torch.full_like(slope, -1e-300))
-        bisect = torch.where(torch.isfinite(la) & torch.isfinite(ha), (la + ha) / 2, torch.where(e > 0, ua + 1, ua - 1))
-        inside = torch.isfinite(newton) & (newton > la) & (newton < ha) & ((newton - ua).abs() <= 1)
-        lo[active], hi[active] = la, ha
-        u[active] = torch.where(ok, ua, torch.where(inside, newton, bisect))
-        active = active[~ok]
-        if len(active) == 0: break
-    beta = u.exp()
-    logits = _cut(-beta[:, None] * d)
-    lse = torch.logsumexp(logits, 1, keepdim=True)
-    p = torch.exp(logits - lse)
-    return p, beta, lse[:, 0] + beta * (p * d).sum(1) - target
-
-def conditional_affinities(d2:Tensor, # (n, n) squared distances (the diagonal is ignored)
-                           perplexity:float=30.0, # target perplexity: each row gets entropy log(perplexity)
-                           tol:float=1e-5, # stop when every |entropy - log(perplexity)| < tol (nats)
-                           max_iter:int=100, # rounds at most; rows still off after that are reported in a warning
-                           threads:int|None=1, # CPU threads while it runs (restored after); None: leave torch's setting
-                          ) -> tuple: # (P_cond (n, n) rows summing to 1, zero diagonal; beta (n,)), in d2's dtype
-    "Per-point Gaussian precisions `beta` matching the perplexity, and the conditional affinities `p_{j|i}`."
-    n = d2.shape[0]
-    if d2.ndim != 2 or d2.shape[1] != n: raise ValueError(f"expected a square matrix of distances, got {tuple(d2.shape)}")
-    if not 1 <= perplexity < n - 1:
-        raise ValueError(f"perplexity must be at least 1 and below n - 1 = {n - 1} (the largest possible with {n} points), got {perplexity}")
-    pc, beta, err = torch.zeros_like(d2), d2.new_empty(n), d2.new_empty(n)
-    starts, b = _blocks(n, d2.device)
-    with _torch_threads(threads if d2.device.type == 'cpu' else None):
-        for s in starts:                                              # rows are independent: a block at a time
-            keep = _off_diagonal(d2[s:s + b], s)
-            p, beta[s:s + b], err[s:s + b] = _calibrate(d2[s:s + b][keep].view(-1, n - 1), math.log(perplexity), tol, max_iter)
-            pc[s:s + b][keep] = p.flatten()
-    bad = int((err.abs() >= tol).sum())
-    if bad: warnings.warn(f"perplexity calibration: {bad} of {n} points not within {tol} of log(perplexity) after "
-                          f"{max_iter} rounds (duplicated points?); largest error {err.abs().max().item():.3g}")
-    return pc, beta
-
-# %% ../nbs/14_embed.ipynb #725aa2cf
-def _joint_p(x:Tensor, perplexity:float) -> Tensor:
-    "Symmetrised input affinities, float32, zero diagonal, off-diagonal floored at 1e-12."
-    pc, _ = conditional_affinities(_sq_dists(x), perplexity)
-    p = (pc + pc.T) / (2 * pc.shape[0])
-    return p.clamp_(min=1e-12).fill_diagonal_(0).float()
-
-def _kernel(y:Tensor, sq:Tensor, s:int, b:int) -> Tensor:
-    "Student-t kernel `1 / (1 + |y_i - y_j|^2)` for rows `s:s+b` against all rows, zero on the diagonal."
-    yb = y[s:s + b]
-    w = torch.addmm((sq + 1)[None], yb, y.T, alpha=-2).add_(sq[s:s + b, None]).clamp_(min=1).reciprocal_()
-    r = torch.arange(len(yb), device=y.device)
-    w[r, s + r] = 0
-    return w
-
-def _matmul_thin(a:Tensor, y:Tensor) -> Tensor:
-    "`a @ y` for a thin `y` (a few columns): one matrix-vector product per column, much faster on CPU than a GEMM."
-    if a.device.type != 'cpu' or y.shape[1] > 8: return a @ y
-    return torch.stack([torch.mv(a, c) for c in y.T], 1)
-
-def _kl_grad(p:Tensor, # (n, n) joint affinities, summing to 1
-             y:Tensor, # (n, dims) embedding
-             exaggeration:float=1., # P is taken times this (early exaggeration)
-            ) -> Tensor: # (n, dims)
-    "Gradient of KL(P || Q) for the Student-t kernel, by row blocks: `4 (sum_j p_ij w_ij (y_i - y_j) - sum_j w_ij^2 (y_i - y_j) / Z)`."
-    y = y - y.mean(0)                                                 # translation changes nothing, and helps precision
-    sq = (y * y).sum(1)
-    attract, repulse, z = torch.empty_like(y), torch.empty_like(y), y.new_zeros(())
-    starts, b = _blocks(len(y), y.device)
-    for s in starts:
-        w = _kernel(y, sq, s, b)
-        z += w.sum()
-        pw = p[s:s + b] * w
-        attract[s:s + b] = pw.sum(1, keepdim=True) * y[s:s + b] - _matmul_thin(pw, y)
-        w.mul_(w)
-        repulse[s:s + b] = w.sum(1, keepdim=True) * y[s:s + b] - _matmul_thin(w, y)
-    return 4 * (exaggeration * attract - repulse / z)
-
-def _kl(p:Tensor, y:Tensor) -> float:
-    "KL(P || Q) over the off-diagonal pairs, P and Q floored at 1e-12 (as scikit-learn)."
-    y = y - y.mean(0)
-    sq = (y * y).sum(1)
-    starts, b = _blocks(len(y), y.device)
-    z = sum(_kernel(y, sq, s, b).sum() for s in starts)
-    kl = 0.
-    for s in starts:
-        keep = _off_diagonal(p[s:s + b], s)
-        pb, qb = p[s:s + b][keep].clamp(min=1e-12), (_kernel(y, sq, s, b)[keep] / z).clamp(min=1e-12)
-        kl += (pb * torch.log(pb / qb)).sum().item()
-    return kl
-
-# %% ../nbs/14_embed.ipynb #45e03f10
-def _init(x:Tensor, dims:int, init, seed:int) -> Tensor:
-    "Initial embedding: PCA scaled to std 1e-4 along its first axis, 1e-4 x N(0, 1) from `seed`, or given."
-    n = len(x)
-    if isinstance(init, str) and init == 'pca':
-        if x.shape[1] < dims: raise ValueError(f"init='pca' needs at least dims={dims} input dimensions, got {x.shape[1]}: use init='random'")
-        y = _pca(x, dims)[0]
-        sd = y[:, 0].std(unbiased=False)
-        return y / (sd if sd > 0 else 1) * 1e-4
-    if isinstance(init, str) and init == 'random':
-        return 1e-4 * torch.randn(n, dims, generator=torch.Generator().manual_seed(seed))
-    if isinstance(init, str): raise ValueError(f"init must be 'pca', 'random' or an (n, dims) array, got {init!r}")
-    y = _as_tensor(init)
-    if tuple(y.shape) != (n, dims): raise ValueError(f"init has shape {tuple(y.shape)}, expected {(n, dims)}")
-    return y
-
-# %% ../nbs/14_embed.ipynb #ba28b819
-def tsne(x, # (n, d) numpy array or torch tensor of points
-         dims:int=2, # dimension of the embedding
-         perplexity:float=30.0, # effective number of neighbours; must be below n - 1
-         iters:int=750, # gradient steps in all, the exaggerated ones included
-         lr:float|str='auto', # learning rate; 'auto': max(n / early_exaggeration / 4, 50)
-         early_exaggeration:float=12.0, # P is multiplied by this for the first 250 iterations
-         seed:int=0, # seeds the 'random' initialisation (the rest is deterministic)
-         init='pca', # 'pca', 'random', or an (n, dims) array
-         device=None, # torch device; None: snipnb's `device` setting ('auto': CUDA when available)
-         max_points:int=5000, # refuse more points than this (exact t-SNE is quadratic): subsample first
-         return_kl:bool=False, # also return the final KL(P || Q)
-         verbose:bool=False, # print KL(P || Q) (unexaggerated) at the end of each stage
-         threads:int|None=1, # CPU threads while it runs (restored after); None: leave torch's setting
-        ) -> np.ndarray: # (n, dims) float32 embedding; (embedding, kl) when `return_kl`
-    "Exact t-SNE of the rows of `x` (van der Maaten & Hinton 2008, with scikit-learn's optimiser settings)."
-    n = len(x)
-    if n > max_points:
-        raise ValueError(f"t-SNE here is exact and quadratic in the number of points: {n} points exceed max_points={max_points}; "
-                         f"subsample first (e.g. x[subsample({n}, {max_points}, seed)]) or raise max_points")
-    if not 1 <= perplexity < n - 1:
-        raise ValueError(f"perplexity must be at least 1 and below n - 1 = {n - 1} for {n} points, got {perplexity}: "
-                         f"use fewer neighbours (e.g. perplexity={max(1, min(30, (n - 2) // 3))}) or more points")
-    if iters < 0 or dims < 1: raise ValueError(f"need iters >= 0 and dims >= 1, got iters={iters}, dims={dims}")
-    dev = get_device(device) if device is None or isinstance(device, str) else torch.device(device)
-    with _torch_threads(threads if dev.type == 'cpu' else None):
-        xt = _as_tensor(x, dev, _precise(dev))
-        p = _joint_p(xt, perplexity)
-        y = _init(xt, dims, init, seed).to(dev, torch.float32).contiguous()
-        rate = max(n / early_exaggeration / 4, 50.) if lr == 'auto' else float(lr)
-        for steps, momentum, exag in ((min(250, iters), 0.5, early_exaggeration), (max(iters - 250, 0), 0.8, 1.)):
-            update, gains = torch.zeros_like(y), torch.ones_like(y)     # both reset when the exaggeration ends (as sklearn)
-            for _ in range(steps):
-                grad = _kl_grad(p, y, exag)
-                same = (update * grad) >= 0                           # gains grow where update * grad < 0
-                gains = torch.where(same, gains * 0.8, gains + 0.2).clamp_(min=0.01)
-                update = momentum * update - rate * gains * grad
-                y = y + update
-            if verbose and steps: print(f"t-SNE: {steps} iterations with exaggeration {exag:g}: KL {_kl(p, y):.4f}")
-        kl = _kl(p, y)
-    out = y.cpu().numpy()
-    return (out, kl) if return_kl else out
-
-# %% ../nbs/14_embed.ipynb #9b306295
 def nn_accuracy(emb, # (n, k) points (an embedding)
                 labels, # (n,) class of each point
                ) -> float:

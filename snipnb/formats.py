@@ -6,20 +6,20 @@ Docs: https://snipnb.github.io/snipnb/formats.html.md"""
 
 # %% ../nbs/02_formats.ipynb #fca5d856
 from __future__ import annotations
-import builtins, codecs, json, os, pickle, re, warnings, zipfile
-import xml.etree.ElementTree as ET
+import builtins, codecs, json, os, pickle, re, warnings
 from pathlib import Path
 import numpy as np
 from .config import get_setting
+from .fileio import write_atomic
 from .skeleton import Sequence, smplh_to_ntu25, resample_joints, labels_to_segments, segments_to_labels
 
 # %% auto #0
 __all__ = ['NTU120_CLASSES', 'NTU60_CLASSES', 'PKUMMD_CLASSES', 'BABEL_CLASSES', 'BABEL_SUBSETS', 'FormatError', 'ntu_name_info',
            'ntu_class_names', 'select_bodies', 'parse_ntu_skeleton', 'read_ntu_skeleton', 'read_ntu_missing',
-           'UnsafePickle', 'SafeUnpickler', 'load_pickle', 'read_ntu_npy', 'read_stgcn', 'pkummd_class_names',
-           'read_pkummd_labels', 'read_pkummd', 'read_pkummd_split', 'read_babel_classes', 'babel_classes',
-           'read_babel', 'babel_frame_labels', 'MissingBodyModel', 'smplh_model_file', 'read_amass_joints',
-           'babel_sequence', 'babel_keep', 'read_pyskl', 'read_skeleton', 'write_ntu_skeleton', 'write_pkummd']
+           'UnsafePickle', 'SafeUnpickler', 'load_pickle', 'read_ntu_npy', 'read_stgcn', 'read_pkummd_labels',
+           'read_pkummd', 'read_pkummd_split', 'read_babel_classes', 'babel_classes', 'read_babel',
+           'babel_frame_labels', 'MissingBodyModel', 'smplh_model_file', 'read_amass_joints', 'babel_sequence',
+           'babel_keep', 'read_pyskl', 'read_skeleton', 'write_ntu_skeleton', 'write_pkummd']
 
 # %% ../nbs/02_formats.ipynb #d5ff76c6
 class FormatError(ValueError):
@@ -39,16 +39,6 @@ def _read_text(path) -> str:
 def _read_lines(path) -> list:
     "Lines of a text file without their LF or CRLF endings."
     return _read_text(path).splitlines()
-
-def _write_atomic(path, text:str|bytes):
-    "Write `text` (or bytes) to a temporary name next to `path`, then rename: no half-written file is ever left."
-    path = Path(path)
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    try:
-        with (open(tmp, 'wb') if isinstance(text, bytes) else open(tmp, 'w', encoding='utf-8', newline='')) as f: f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True); raise
 
 # %% ../nbs/02_formats.ipynb #dd70c08a
 NTU120_CLASSES = (
@@ -399,51 +389,6 @@ PKUMMD_CLASSES = (
     'tear up paper', 'throw', 'touch back (backache)', 'touch chest (stomachache/heart pain)', 'touch head (headache)',
     'touch neck (neckache)', 'typing on a keyboard', 'use a fan (with hand or paper)/feeling warm', 'wear jacket',
     'wear on glasses', 'wipe face', 'writing')
-
-_XL = '{http://schemas.openxmlformats.org/spreadsheetml/2006/main}'
-
-def _xlsx_rows(path) -> list:
-    "[(row number, {column letter: text})] of the first worksheet of an .xlsx, with the standard library."
-    try:
-        with zipfile.ZipFile(path) as z:
-            files = z.namelist()
-            shared = []
-            if 'xl/sharedStrings.xml' in files:
-                for si in ET.fromstring(z.read('xl/sharedStrings.xml')).iter(_XL + 'si'):   # plain or rich text, no phonetics
-                    shared.append(''.join(t.text or '' for t in si.findall(_XL + 't') + si.findall(f'{_XL}r/{_XL}t')))
-            sheets = sorted((f for f in files if re.fullmatch(r'xl/worksheets/sheet\d+\.xml', f)), key=lambda f: int(re.findall(r'\d+', f)[0]))
-            if not sheets: _fail(path, "no worksheet (xl/worksheets/sheet1.xml) in the workbook")
-            rows = []
-            for row in ET.fromstring(z.read(sheets[0])).iter(_XL + 'row'):
-                cells = {}
-                for c in row.iter(_XL + 'c'):
-                    v, kind = c.find(_XL + 'v'), c.get('t')
-                    if kind == 'inlineStr': val = ''.join(t.text or '' for t in c.iter(_XL + 't'))
-                    elif v is None: continue
-                    elif kind == 's': val = shared[int(v.text)]
-                    else: val = v.text or ''
-                    cells[re.match(r'[A-Z]+', c.get('r')).group(0)] = val.strip()
-                rows.append((int(row.get('r')), cells))
-            return rows
-    except (zipfile.BadZipFile, ET.ParseError, KeyError, IndexError) as e: _fail(path, f"not a readable .xlsx workbook ({e})")
-
-def pkummd_class_names(xlsx_path, # PKU-MMD `Split/Actions.xlsx`
-                      ) -> tuple:
-    "The action names of `Actions.xlsx` in label order (label k is element k - 1), read with zipfile + xml.etree."
-    rows = _xlsx_rows(xlsx_path)
-    head = next(((r, c) for r, c in rows if {'label', 'action'} <= {v.lower() for v in c.values()}), None)
-    if head is None: _fail(xlsx_path, "expected a header row with 'Label' and 'Action' columns")
-    r0, cols = head
-    lc = next(k for k, v in cols.items() if v.lower() == 'label'); ac = next(k for k, v in cols.items() if v.lower() == 'action')
-    names = {}
-    for r, c in rows:
-        if r <= r0 or not c.get(lc): continue
-        try: lab = int(float(c[lc]))
-        except ValueError: _fail(xlsx_path, f"expected an integer label in cell {lc}{r}, got {c[lc]!r}", r)
-        if not c.get(ac): _fail(xlsx_path, f"label {lab} has no action name in cell {ac}{r}", r)
-        names[lab] = c[ac]
-    if sorted(names) != list(range(1, len(names) + 1)): _fail(xlsx_path, f"expected labels 1..{len(names)}, got {sorted(names)}")
-    return tuple(names[k] for k in range(1, len(names) + 1))
 
 # %% ../nbs/02_formats.ipynb #f63c68e4
 def _pkummd_label_rows(path, num_frames=None, end_inclusive=False, clip=False, num_classes=51) -> list:
@@ -888,7 +833,7 @@ def write_ntu_skeleton(seq:Sequence, # an NTU-25 sequence with xyz coordinates
             out += [f'{ids[m]} 0 0 0 0 0 0 0 0 2', '25']
             out += [f'{x:.9g} {y:.9g} {z:.9g} 0 0 0 0 0 0 0 0 2' for x, y, z in j[t, m].tolist()]
     nl = '\r\n' if crlf else '\n'
-    _write_atomic(path, nl.join(out) + nl)
+    write_atomic(path, nl.join(out) + nl)
 
 def write_pkummd(seq:Sequence, # an NTU-25 xyz sequence with at most 2 persons
                  skeleton_path, # the skeleton .txt to write (150 numbers a line)
@@ -900,8 +845,8 @@ def write_pkummd(seq:Sequence, # an NTU-25 xyz sequence with at most 2 persons
     T, M, V, C = j.shape
     if V != 25 or C != 3 or M > 2: raise ValueError(f"{seq.name}: PKU-MMD needs (T, M<=2, 25, 3) joints, got {j.shape}")
     x = np.zeros((T, 2, 25, 3), np.float32); x[:, :M] = j
-    _write_atomic(skeleton_path, ''.join(' '.join(f'{v:.9g}' for v in row) + '\n' for row in x.reshape(T, 150).tolist()))
+    write_atomic(skeleton_path, ''.join(' '.join(f'{v:.9g}' for v in row) + '\n' for row in x.reshape(T, 150).tolist()))
     if label_path is not None:
         conf = list(seq.meta.get('confidence') or [])
         conf = conf if len(conf) == len(seq.segments) else [1] * len(seq.segments)
-        _write_atomic(label_path, ''.join(f'{l},{s},{e - 1 if end_inclusive else e},{c}\n' for (l, s, e), c in zip(seq.segments, conf)))
+        write_atomic(label_path, ''.join(f'{l},{s},{e - 1 if end_inclusive else e},{c}\n' for (l, s, e), c in zip(seq.segments, conf)))

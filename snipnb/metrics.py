@@ -9,7 +9,8 @@ from __future__ import annotations
 import math, re
 from pathlib import Path
 import numpy as np
-from .formats import read_pkummd_labels, _write_atomic
+from .formats import read_pkummd_labels
+from .fileio import write_atomic
 
 # %% auto #0
 __all__ = ['segment_iou', 'detection_ap', 'detection_map', 'pkummd_match', 'pkummd_map', 'read_pkummd_predictions',
@@ -336,7 +337,7 @@ def write_pkummd_predictions(predictions, # rows (video, label, start, end, scor
     for v, l, s, e, c in zip(pv, pl, ps, pe, score): lines[v].append(f"{int(l)},{fmt(s)},{fmt(e)},{float(c)!r}\n")
     paths = []
     for v in names:
-        _write_atomic(folder/f"{v}.txt", ''.join(lines[v])); paths.append(folder/f"{v}.txt")
+        write_atomic(folder/f"{v}.txt", ''.join(lines[v])); paths.append(folder/f"{v}.txt")
     return paths
 
 # %% ../nbs/11_metrics.ipynb #2db90d51

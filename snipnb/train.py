@@ -15,7 +15,7 @@ import torch.distributed as dist
 from fastcore.basics import patch
 from tqdm.auto import tqdm
 from .config import get_device, get_setting
-from .formats import _write_atomic
+from .fileio import remove_stale, write_atomic
 
 # %% auto #0
 __all__ = ['RESUMABLE_FIELDS', 'TrainConfig', 'train_config_differences', 'lr_factor', 'build_optimizer', 'CheckpointError',
@@ -26,25 +26,25 @@ __all__ = ['RESUMABLE_FIELDS', 'TrainConfig', 'train_config_differences', 'lr_fa
 @dataclass
 class TrainConfig:
     "Everything that defines a training run (plain values: stored in checkpoints and logs)."
-    epochs: int = 10
-    batch_size: int = 128
+    epochs: int = 10                    # training epochs
+    batch_size: int = 128               # clips per step (per process under torchrun)
     clip_len: int = 150                 # frames per training clip
     stride: int|None = None             # frames between clip starts (None: clip_len)
     sampling: str = 'windows'           # pretraining epoch: 'windows' (every clip_len window) or 'recordings' (one random window each)
     optimizer: str = 'sgd'              # 'sgd' or 'adam'
-    lr: float = 0.1
+    lr: float = 0.1                     # base learning rate
     momentum: float = 0.9               # SGD momentum
-    nesterov: bool = False
-    weight_decay: float = 1e-4
+    nesterov: bool = False              # Nesterov momentum (SGD)
+    weight_decay: float = 1e-4          # L2 weight decay
     warmup_epochs: float = 0.           # linear warm-up from lr/100... to lr over these epochs
     schedule: str = 'step'              # 'step', 'cosine' or 'constant'
     steps: tuple = ()                   # epochs where 'step' multiplies the lr by `gamma`
-    gamma: float = 0.1
+    gamma: float = 0.1                  # lr multiplier at each epoch of `steps`
     lr_rule: str|None = None            # None: the schedule above; 'snipclr': SnipCLR's official warm-up (see lr_factor)
     grad_clip: float|None = None        # max gradient norm
     amp: bool = True                    # bf16 autocast (CUDA only; ignored on CPU)
     compile: bool = False               # torch.compile the model
-    seed: int = 0
+    seed: int = 0                       # seed of weights, clip order and augmentations
     max_steps: int|None = None          # at most this many batches per epoch (quick runs); None: all
     checkpoint_every: int = 1           # epochs between checkpoints (and one at the end)
     checkpoint_every_steps: int|None = None  # also every this many steps (long epochs)
@@ -117,22 +117,14 @@ def _no_space(e:OSError, folder:Path, what:str) -> OSError:
 
 def save_checkpoint(path:str|Path, state:dict):
     "Write `state` atomically (temporary file, synced, then rename); partial files of killed writers are removed."
-    from snipnb.datasets import _pid_alive
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f'.{path.name}.tmp-*'):   # a writer killed mid-save (SIGKILL) left this behind
-        if not _pid_alive(stale.name.rsplit('.tmp-', 1)[-1]): stale.unlink(missing_ok=True)
+    remove_stale(path.parent, f'.{path.name}.tmp-*')        # a writer killed mid-save (SIGKILL) left this behind
     data = io.BytesIO(); torch.save(state, data)            # in memory: torch's file writer hides ENOSPC in an 'enforce fail'
-    tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
-    try:
-        with open(tmp, 'wb') as f:
-            f.write(data.getbuffer()); f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
+    try: write_atomic(path, data.getbuffer(), fsync=True)
     except OSError as e:
         err = _no_space(e, path.parent, f'checkpoint {path.name} ({data.tell()} bytes)')
         if err is e: raise
         raise err from e
-    finally:
-        with contextlib.suppress(OSError): tmp.unlink(missing_ok=True)
 
 def load_checkpoint(path:str|Path, map_location='cpu') -> dict:
     "Load a snipnb checkpoint safely (weights_only), with a clear error for truncated or foreign files."
@@ -294,7 +286,7 @@ def _write_metrics_csv(path:Path, rows:list, row:dict):
         with open(path, 'a', newline='') as f: csv.DictWriter(f, columns).writerow(row)
     else:
         text = io.StringIO(); w = csv.DictWriter(text, columns); w.writeheader(); w.writerows(rows)
-        _write_atomic(path, text.getvalue())
+        write_atomic(path, text.getvalue())
 
 @patch
 def log(self:Trainer, row:dict):
@@ -388,7 +380,8 @@ def pretrain(dataset:str='synthetic', # dataset name(s) for `load_corpus` ('babe
              method:str='snipclr', # 'skeletonclr', 'aimclr', 'rvtclr', 'crossclr' or 'snipclr'
              backbone:str|None=None, # None: the preset's
              snippet:bool|None=None, # add the snippet term; None: the preset's (True for 'snipclr')
-             snippet_weight:float|None=None, t_grid:int|None=None, # None: the preset's
+             snippet_weight:float|None=None, # weight of the snippet term in the loss; None: the preset's (1.5)
+             t_grid:int|None=None, # snippets per clip; None: the preset's (one per backbone output step)
              preset:str='light', # 'light', 'official' or 'snipnb' (`snipnb.contrastive.PRESETS`): model and recipe
              out_dir:str|Path|None=None, # default: <output_dir>/pretrain/<run name>
              resume:bool=False, # continue from out_dir/last.pt (refused when the settings differ, unless `override`)
@@ -396,7 +389,7 @@ def pretrain(dataset:str='synthetic', # dataset name(s) for `load_corpus` ('babe
              corpus_options:dict|None=None, # e.g. {'size': 'quick'} for the synthetic data
              pretext_options:dict|None=None, # queue_size, mining_epoch, topk, query_augment, ... (see `Pretext`)
              backbone_options:dict|None=None, # strides, data_bn, ... (see `SkeletonBackbone`)
-             progress:bool=True,
+             progress:bool=True, # progress bars (tqdm)
              **train_options, # any `TrainConfig` field (epochs, batch_size, clip_len, lr, seed, ...): overrides the preset's
             ) -> Trainer:
     "Self-supervised pretraining of a backbone with a pretext; returns the trainer (its history, model, checkpoint)."

@@ -6,7 +6,7 @@ Docs: https://snipnb.github.io/snipnb/viz.html.md"""
 
 # %% ../nbs/13_viz.ipynb #3e56b222
 from __future__ import annotations
-import json, os, shutil, warnings
+import json, os, warnings
 from pathlib import Path
 import numpy as np
 import plotly.graph_objects as go
@@ -14,14 +14,14 @@ import plotly.io as pio
 from plotly.subplots import make_subplots
 from .skeleton import Sequence, Layout, labels_to_segments
 from .backbones import resolve_layout
-from .formats import _write_atomic
+from .fileio import write_atomic
 
 # %% auto #0
 __all__ = ['PART_COLORS', 'CLASS_COLORS', 'BACKGROUND_COLOR', 'CAMERAS', 'NOT_LOSSES', 'set_renderer', 'class_color',
            'joint_parts', 'bone_parts', 'present', 'up_axis', 'orient', 'handedness', 'trusted_joints', 'view_ranges',
            'camera_menu', 'frame_indices', 'skeleton_figure', 'as_segments', 'boundary_errors', 'timeline_figure',
            'set_cursor', 'linked_figure', 'read_history', 'loss_curves', 'ap_bars', 'metric_bars', 'recording_features',
-           'embedding_figure', 'save_html', 'find_browser', 'save_png', 'save_figures', 'Explorer']
+           'embedding_figure', 'save_html', 'save_png', 'save_figures', 'Explorer']
 
 # %% ../nbs/13_viz.ipynb #d89cf4d7
 def set_renderer(name:str|None=None, # a plotly renderer; None: $SNIPNB_PLOTLY_RENDERER, else 'plotly_mimetype'
@@ -590,38 +590,22 @@ def save_html(fig:go.Figure, path, # output .html file
     if plotlyjs == 'directory':                       # the page refers to plotly.min.js beside it: write it once
         from plotly.offline import get_plotlyjs
         js, bundle = get_plotlyjs(), path.parent/'plotly.min.js'
-        if not bundle.exists() or bundle.stat().st_size != len(js.encode()): _write_atomic(bundle, js)
-    _write_atomic(path, fig.to_html(include_plotlyjs=True if plotlyjs == 'inline' else 'directory', full_html=True,
+        if not bundle.exists() or bundle.stat().st_size != len(js.encode()): write_atomic(bundle, js)
+    write_atomic(path, fig.to_html(include_plotlyjs=True if plotlyjs == 'inline' else 'directory', full_html=True,
                                     auto_play=auto_play, config={'displaylogo': False, 'responsive': True}))
     return path
 
-def find_browser() -> str|None:
-    "A Chrome/Chromium executable for kaleido: $BROWSER_PATH, then the usual names on PATH."
-    env = os.environ.get('BROWSER_PATH')
-    if env and Path(env).is_file(): return env
-    for name in ('chromium', 'chromium-browser', 'google-chrome', 'google-chrome-stable', 'chrome'):
-        p = shutil.which(name)
-        if p: return p
-    return None
-
 def save_png(fig:go.Figure, path, width:int|None=None, height:int|None=None, scale:float=1.0) -> Path|None:
-    "Write `fig` as a PNG through kaleido; without kaleido or a Chrome/Chromium, warn and return None."
-    reason = None
+    "Write `fig` as a PNG through kaleido; when kaleido is missing or fails (no Chrome/Chromium), warn and return None."
     try: import kaleido  # noqa: F401
-    except ImportError: reason = "kaleido is not installed (pip install kaleido)"
-    browser = find_browser()
-    if reason is None and browser is None:
-        reason = ("no Chrome/Chromium found (install Debian's 'chromium' package, or set BROWSER_PATH to a Chrome "
-                  "executable)")
-    if reason:
-        warnings.warn(f"PNG export of {path} skipped: {reason}"); return None
-    os.environ.setdefault('BROWSER_PATH', browser)
+    except ImportError:
+        warnings.warn(f"PNG export of {path} skipped: kaleido is not installed (pip install 'snipnb[lab]')"); return None
     try: png = pio.to_image(fig, format='png', width=width or fig.layout.width or 900,
                             height=height or fig.layout.height or 520, scale=scale)
     except Exception as e:
         warnings.warn(f"PNG export of {path} failed: {type(e).__name__}: {e}"); return None
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, png)
+    write_atomic(path, png)
     return path
 
 def save_figures(figures:dict, # name -> figure
@@ -646,7 +630,8 @@ class Explorer:
                  corpus_options:dict|None=None, # load_corpus options for every dataset
                  max_frames:int=2000, # longer recordings are shown every k-th frame
                  device=None, progress:bool=False):
-        import ipywidgets as W
+        try: import ipywidgets as W, anywidget  # noqa: F401 (plotly's FigureWidget needs anywidget)
+        except ImportError as e: raise ImportError(f"Explorer needs the widgets of the lab extra: pip install 'snipnb[lab]' ({e})") from e
         self.options = {d: {} for d in datasets} if not isinstance(datasets, dict) else dict(datasets)
         if not self.options: raise ValueError("Explorer needs at least one dataset")
         self.corpus_options, self.max_frames, self.device, self.progress = corpus_options or {}, max_frames, device, progress

@@ -1,9 +1,10 @@
-"""snipnb.embed: PCA against numpy's SVD, t-SNE on separated clusters, the perplexity calibration, determinism, errors."""
-import math
+"""snipnb.embed: PCA against numpy's SVD, t-SNE (scikit-learn) on separated clusters, determinism, options, errors."""
+import sys
 import numpy as np
 import pytest
 import torch
-from snipnb.embed import pca, tsne, subsample, conditional_affinities, nn_accuracy, _sq_dists, _kl_grad, _kl, _joint_p
+from threadpoolctl import threadpool_info, threadpool_limits
+from snipnb.embed import pca, tsne, subsample, nn_accuracy, _sq_dists
 
 def clusters(n_per=100, k=3, d=50, sep=10., seed=0):
     "k Gaussian clusters (unit noise) with centres `sep` apart, and their labels."
@@ -11,9 +12,6 @@ def clusters(n_per=100, k=3, d=50, sep=10., seed=0):
     centres = sep / np.sqrt(2) * np.eye(k, d)
     return (np.concatenate([c + rng.normal(size=(n_per, d)) for c in centres]).astype(np.float32),
             np.repeat(np.arange(k), n_per))
-
-def entropies(pc):
-    return -(pc * torch.log(torch.where(pc > 0, pc, torch.ones_like(pc)))).sum(1)
 
 # ---- PCA ----------------------------------------------------------------------------------------------------------
 
@@ -48,51 +46,11 @@ def test_pca_uncentred_and_errors():
     with pytest.raises(ValueError, match=r'\(n, d\)'): pca(x[0], 1)
     with pytest.raises(ValueError, match='NaN'): pca(np.full((3, 3), np.nan), 1)
 
-# ---- perplexity calibration -----------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize('perplexity', [2., 5., 30., 100.])
-def test_each_row_reaches_the_perplexity(perplexity):
-    rng = np.random.default_rng(3)
-    x = torch.tensor(rng.normal(size=(300, 20)) * rng.uniform(.01, 100, size=(300, 1)))   # very different scales per point
-    pc, beta = conditional_affinities(_sq_dists(x), perplexity)
-    assert torch.all(pc.diagonal() == 0) and torch.allclose(pc.sum(1), torch.ones(300, dtype=pc.dtype))
-    assert (entropies(pc) - math.log(perplexity)).abs().max() < 1e-3
-    assert torch.all(beta > 0)
-
-def test_perplexity_of_the_tsne_inputs():
-    "The joint P that t-SNE uses is the symmetrised conditional P, summing to one."
-    x, _ = clusters(30)
-    p = _joint_p(torch.tensor(x, dtype=torch.float64), 10.)
-    pc, _ = conditional_affinities(_sq_dists(torch.tensor(x, dtype=torch.float64)), 10.)
-    assert (entropies(pc) - math.log(10)).abs().max() < 1e-3
-    np.testing.assert_allclose(p.numpy(), ((pc + pc.T) / 180).clamp(min=1e-12).fill_diagonal_(0).float().numpy(), rtol=1e-6)
-    assert p.dtype == torch.float32 and torch.equal(p, p.T) and abs(p.sum().item() - 1) < 1e-5
-
-def test_duplicated_points_warn_but_give_a_distribution():
-    x = torch.zeros(10, 3, dtype=torch.float64); x[5:] = 1      # two groups of 5 identical points
-    with pytest.warns(UserWarning, match='not within'): pc, _ = conditional_affinities(_sq_dists(x), 2.)
-    assert torch.allclose(pc.sum(1), torch.ones(10, dtype=pc.dtype))
-
 # ---- t-SNE ----------------------------------------------------------------------------------------------------------
-
-def test_gradient_and_kl_match_autograd():
-    p = _joint_p(torch.randn(25, 4, dtype=torch.float64), 5.).double()
-    p = p / p.sum()
-    y = torch.randn(25, 2, dtype=torch.float64, requires_grad=True)
-    d = ((y[:, None] - y[None]) ** 2).sum(-1)
-    off = ~torch.eye(25, dtype=torch.bool)
-    q = (1 / (1 + d))[off]; q = q / q.sum()
-    kl = (p[off] * torch.log(p[off] / q)).sum(); kl.backward()
-    np.testing.assert_allclose(_kl_grad(p, y.detach()).numpy(), y.grad.numpy(), atol=1e-12)
-    assert _kl(p, y.detach()) == pytest.approx(kl.item(), rel=1e-10)
-    y2 = y.detach().clone().requires_grad_()                     # early exaggeration multiplies the attraction
-    w2 = (1 / (1 + ((y2[:, None] - y2[None]) ** 2).sum(-1)))[off]
-    (-(12 * p[off] * torch.log(w2)).sum() + torch.log(w2.sum())).backward()
-    np.testing.assert_allclose(_kl_grad(p, y.detach(), 12.).numpy(), y2.grad.numpy(), atol=1e-12)
 
 def test_three_clusters_separate():
     x, labels = clusters()
-    emb, kl = tsne(x, perplexity=30, return_kl=True, device='cpu')
+    emb, kl = tsne(x, perplexity=30, return_kl=True)
     assert emb.shape == (300, 2) and emb.dtype == np.float32 and np.isfinite(emb).all()
     assert 0 < kl < 2
     assert nn_accuracy(emb, labels) == 1.0
@@ -100,43 +58,59 @@ def test_three_clusters_separate():
     same = labels[:, None] == labels[None]
     assert dist[~same].min() > dist[same].max()                   # every cross-cluster pair is further than any within
 
+def test_same_settings_as_scikit_learn():
+    "tsne is sklearn's TSNE with our argument names: the same call gives the same map."
+    from sklearn.manifold import TSNE
+    x, _ = clusters(20, seed=7)
+    ref = TSNE(2, perplexity=8, max_iter=300, learning_rate='auto', early_exaggeration=12., init='pca', random_state=3)
+    with threadpool_limits(1): expected = ref.fit_transform(x).astype(np.float32)
+    np.testing.assert_array_equal(tsne(x, perplexity=8, iters=300, seed=3), expected)
+
 def test_deterministic_given_seed():
     x, _ = clusters(20, seed=4)
-    kw = dict(perplexity=8, iters=300, device='cpu')
+    kw = dict(perplexity=8, iters=300)
     assert np.array_equal(tsne(x, **kw), tsne(x, **kw))
     r1 = tsne(x, init='random', seed=1, **kw)
     assert np.array_equal(r1, tsne(x, init='random', seed=1, **kw))
     assert not np.array_equal(r1, tsne(x, init='random', seed=2, **kw))
     assert np.array_equal(tsne(torch.tensor(x), **kw), tsne(x, **kw))   # tensor or array in, same map
+    assert np.array_equal(tsne(x, threads=2, **kw), tsne(x, **kw))      # the same map on more threads
 
 def test_options():
     x, labels = clusters(20, seed=5)
-    e3 = tsne(x, dims=3, perplexity=8, iters=300, device='cpu')
-    assert e3.shape == (60, 3) and nn_accuracy(e3, labels) == 1.0
+    e3 = tsne(x, dims=3, perplexity=8, iters=300)
+    assert e3.shape == (60, 3) and np.isfinite(e3).all()
     init = np.random.default_rng(0).normal(size=(60, 2)) * 1e-4
-    assert tsne(x, perplexity=8, iters=0, init=init, device='cpu') == pytest.approx(init.astype(np.float32))
-    assert tsne(x, perplexity=8, iters=100, lr=100., device='cpu').shape == (60, 2)
-    before = torch.get_num_threads()
-    tsne(x, perplexity=8, iters=10, device='cpu', threads=1)
-    assert torch.get_num_threads() == before                     # the thread setting is restored
+    a = tsne(x, perplexity=8, iters=250, init=init)
+    assert a.shape == (60, 2) and not np.array_equal(a, tsne(x, perplexity=8, iters=250))
+    assert np.array_equal(tsne(x, perplexity=8, iters=250, init=torch.tensor(init)), a)
+    assert tsne(x, perplexity=8, iters=300, lr=100.).shape == (60, 2)
+    assert tsne(x, dims=4, perplexity=8, iters=250, method='exact').shape == (60, 4)   # passed on (Barnes-Hut: dims <= 3)
+    before = [i['num_threads'] for i in threadpool_info()]
+    tsne(x, perplexity=8, iters=250, threads=1)
+    assert [i['num_threads'] for i in threadpool_info()] == before               # the thread setting is restored
 
-def test_verbose_prints_kl(capsys):
+def test_verbose_prints_progress(capsys):
     x, _ = clusters(20, seed=6)
-    tsne(x, perplexity=8, iters=260, device='cpu', verbose=True)
+    tsne(x, perplexity=8, iters=260, verbose=True)
     out = capsys.readouterr().out
-    assert 'KL' in out and '250 iterations' in out and '10 iterations' in out
+    assert '[t-SNE]' in out and 'KL divergence' in out
 
 def test_clear_errors():
     x, _ = clusters(10)
-    with pytest.raises(ValueError, match='subsample'): tsne(np.zeros((5001, 2)), device='cpu')
-    with pytest.raises(ValueError, match='max_points=20'): tsne(x, max_points=20, device='cpu')
-    with pytest.raises(ValueError, match='perplexity must be'): tsne(x, perplexity=30, device='cpu')
-    with pytest.raises(ValueError, match='perplexity must be'): tsne(x, perplexity=29, device='cpu')   # n - 1 is out of reach too
-    with pytest.raises(ValueError, match='perplexity must be'): tsne(x, perplexity=.5, device='cpu')
-    with pytest.raises(ValueError, match='init must be'): tsne(x, perplexity=5, init='spectral', device='cpu')
-    with pytest.raises(ValueError, match='init has shape'): tsne(x, perplexity=5, init=np.zeros((3, 2)), device='cpu')
-    with pytest.raises(ValueError, match="init='random'"): tsne(x[:, :1], perplexity=5, device='cpu')
-    with pytest.raises(ValueError, match='NaN'): tsne(np.full((30, 3), np.nan), perplexity=5, device='cpu')
+    with pytest.raises(ValueError, match='perplexity must be'): tsne(x, perplexity=30)
+    with pytest.raises(ValueError, match='perplexity must be'): tsne(x, perplexity=29)   # n - 1 is out of reach too
+    with pytest.raises(ValueError, match='perplexity must be'): tsne(x, perplexity=.5)
+    with pytest.raises(ValueError, match='NaN'): tsne(np.full((30, 3), np.nan), perplexity=5)
+    with pytest.raises(ValueError, match=r'\(n, d\)'): tsne(x[0], perplexity=5)
+    with pytest.raises(ValueError, match='max_iter'): tsne(x, perplexity=5, iters=100)   # scikit-learn's own message
+    with pytest.raises(ValueError, match='n_components'): tsne(x, dims=4, perplexity=5)  # Barnes-Hut: at most 3
+
+def test_without_scikit_learn_a_clear_message(monkeypatch):
+    x, _ = clusters(10)
+    monkeypatch.setitem(sys.modules, 'sklearn.manifold', None)                  # as if it were not installed
+    with pytest.raises(ImportError, match=r"pip install 'snipnb\[tsne\]'"): tsne(x, perplexity=5)
+    assert pca(x, 2)[0].shape == (30, 2)                                          # PCA does not need it
 
 def test_subsample():
     idx = subsample(10_000, 100, seed=3)
@@ -145,18 +119,18 @@ def test_subsample():
     assert np.array_equal(subsample(7, 100), np.arange(7))
     with pytest.raises(ValueError): subsample(10, 0)
 
-def test_nn_accuracy():
+def test_nn_accuracy_and_distances():
     assert nn_accuracy([[0.], [.1], [5.], [5.1]], [0, 0, 1, 1]) == 1.0
     assert nn_accuracy([[0.], [.1], [5.], [5.1]], [0, 1, 0, 1]) == 0.0
+    pts = torch.randn(9, 4, dtype=torch.float64)
+    np.testing.assert_allclose(_sq_dists(pts).numpy(), (torch.cdist(pts, pts) ** 2).numpy(), atol=1e-10)
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
 def test_cuda():
     x, labels = clusters()
-    emb, kl = tsne(torch.tensor(x, device='cuda'), device='cuda', return_kl=True)
-    assert emb.shape == (300, 2) and nn_accuracy(emb, labels) == 1.0
-    assert np.array_equal(emb, tsne(x, device='cuda'))
-    assert kl == pytest.approx(tsne(x, device='cpu', return_kl=True)[1], rel=0.05)
+    emb = tsne(torch.tensor(x, device='cuda'))                                   # CUDA points are mapped on the CPU
+    assert emb.shape == (300, 2) and nn_accuracy(emb, labels) == 1.0 and np.array_equal(emb, tsne(x))
     st, ct, rt = pca(torch.tensor(x, device='cuda'), 2)
     assert st.device.type == 'cuda'
     np.testing.assert_allclose(ct.cpu().numpy(), pca(x, 2)[1], atol=1e-4)

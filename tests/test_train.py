@@ -8,7 +8,8 @@ from snipnb.train import load_checkpoint, CheckpointError, pretrain, pretrained_
 from snipnb.backbones import build_backbone, load_backbone_state, backbone_state
 
 TINY = ['--size', 'quick', '--method', 'snipclr', '--backbone', 'stgcn16', '--batch-size', '4', '--clip-len', '32',
-        '--max-steps', '6', '--queue-size', '64', '--lr', '0.05', '--device', 'cpu', '--no-progress', '--mining-epoch', '2']
+        '--max-steps', '6', '--queue-size', '64', '--lr', '0.05', '--device', 'cpu', '--no-progress',
+        '--pretext-options', '{"mining_epoch": 2}']
 
 def _train_cmd(out, *extra):
     return [sys.executable, '-m', 'snipnb.cli', *TINY, '--out-dir', str(out), *extra]
@@ -82,20 +83,74 @@ def test_torchrun_two_processes(tmp_path):
     assert int(s['model']['queue.ptr']) == 2 * 4 * 2        # 2 steps x 4 clips x 2 ranks entered the queue
 
 def test_pretrain_notebook_under_papermill(repo, tmp_path):
+    "The notebook's torchrun launch (gpus 2: 2 CPU processes) with dictionary options as JSON and papermill's int for steps."
     out = tmp_path/'pt'
     run_tool('papermill', str(repo/'nbs'/'pretrain.ipynb'), str(tmp_path/'out.ipynb'), '-p', 'epochs', '1',
              '-p', 'batch_size', '4', '-p', 'clip_len', '32', '-p', 'max_steps', '2', '-p', 'queue_size', '64',
-             '-p', 'device', 'cpu', '-p', 'out_dir', str(out), '-p', 'lr_steps', '1', '-p', 'strides', '5,8',   # papermill: int and str
-             '-p', 'data_bn', 'none', '-p', 'pretext_json', '{"similarity": "dot"}', cwd=tmp_path,
-             env={'SNIPNB_CACHE_DIR': str(tmp_path/'cache')})
+             '-p', 'device', 'cpu', '-p', 'out_dir', str(out), '-p', 'steps', '1', '-p', 'gpus', '2',
+             '-p', 'backbone_options', '{"strides": [5, 8], "data_bn": null}', '-p', 'pretext_options', '{"similarity": "dot"}',
+             cwd=tmp_path, env={'SNIPNB_CACHE_DIR': str(tmp_path/'cache'), 'OMP_NUM_THREADS': '1'})
     summary = json.loads((out/'summary.json').read_text())
     assert summary['epochs'] == 1 and summary['method'] == 'snipclr' and summary['preset'] == 'light'
+    assert int(load_checkpoint(out/'last.pt')['model']['queue.ptr']) == 2 * 4 * 2     # 2 steps x 4 clips x 2 processes
     cfg = load_checkpoint(out/'last.pt')
     assert cfg['model_config']['backbone']['data_bn'] is None and cfg['model_config']['similarity'] == 'dot'
     assert cfg['train_config']['steps'] == [1] and cfg['model_config']['preset'] == 'light'
     bb = pretrained_backbone(out/'last.pt')
     assert sum(p.numel() for p in bb.parameters()) == summary['backbone_parameters']
     assert (out/'losses.html').exists() and (out/'metrics.csv').exists()
+
+def test_cli_and_notebook_give_the_same_checkpoint(repo, tmp_path):
+    "The same options on the command line and as papermill parameters: the same weights on CPU for the same seed."
+    env = _env(tmp_path)
+    cli = subprocess.run([sys.executable, '-m', 'snipnb.cli', '--size', 'quick', '--epochs', '1', '--batch-size', '4',
+                          '--clip-len', '32', '--max-steps', '2', '--queue-size', '64', '--seed', '3', '--device', 'cpu',
+                          '--no-progress', '--out-dir', str(tmp_path/'cli')], env=env, capture_output=True, text=True)
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    run_tool('papermill', str(repo/'nbs'/'pretrain.ipynb'), str(tmp_path/'nb.ipynb'), '-p', 'size', 'quick', '-p', 'epochs', '1',
+             '-p', 'batch_size', '4', '-p', 'clip_len', '32', '-p', 'max_steps', '2', '-p', 'queue_size', '64', '-p', 'seed', '3',
+             '-p', 'device', 'cpu', '-p', 'out_dir', str(tmp_path/'nb'), cwd=tmp_path, env=env)
+    a, b = load_checkpoint(tmp_path/'cli'/'last.pt'), load_checkpoint(tmp_path/'nb'/'last.pt')
+    assert a['train_config'] == b['train_config'] and a['model_config'] == b['model_config']
+    assert a['train_config']['seed'] == 3 and a['model_config']['queue_size'] == 64
+    assert a['model'].keys() == b['model'].keys()
+    for k, v in a['model'].items(): assert torch.equal(v, b['model'][k]), k     # weights, key encoder, queues
+
+def test_pretrain_help_lists_every_option(tmp_path):
+    from snipnb.cli import pretrain_options
+    res = subprocess.run([sys.executable, '-m', 'snipnb.cli', '--help'], capture_output=True, text=True, env=_env(tmp_path))
+    assert res.returncode == 0 and res.stdout.startswith('usage: snipnb-pretrain'), res.stderr
+    text = ' '.join(res.stdout.split())                                    # argparse wraps lines
+    for o in pretrain_options().values():
+        assert f"--{o.name.replace('_', '-')}" in text, o.name
+        if o.doc: assert ' '.join(o.doc.split()).replace('%%', '%') in text, o.name
+
+def test_cli_refuses_bad_values_before_loading_anything(tmp_path):
+    res = subprocess.run([sys.executable, '-m', 'snipnb.cli', '--epochs', 'two', '--out-dir', str(tmp_path/'run')],
+                         capture_output=True, text=True, env=_env(tmp_path))
+    assert res.returncode == 2 and "epochs: expected int, got 'two'" in res.stderr
+    res = subprocess.run([sys.executable, '-m', 'snipnb.cli', '--pretext-options', '{"queue_size": 32', '--out-dir', str(tmp_path/'run')],
+                         capture_output=True, text=True, env=_env(tmp_path))
+    assert res.returncode == 2 and 'pretext_options: expected a JSON object' in res.stderr
+    assert not (tmp_path/'run').exists() and not (tmp_path/'cache').exists()
+
+def test_notebook_parameters_are_the_cli_options(repo):
+    "One set of names: the pretrain notebook's parameters are `pretrain_options` (and `gpus`, the notebook's own)."
+    from snipnb.cli import pretrain_options
+    nb = json.loads((repo/'nbs'/'pretrain.ipynb').read_text())
+    cell = next(c for c in nb['cells'] if 'parameters' in c['metadata'].get('tags', []))
+    names = [l.split(':')[0] for l in ''.join(cell['source']).splitlines() if l.strip() and not l.startswith('#')]
+    assert sorted(names) == sorted([*pretrain_options(), 'gpus'])
+
+def test_cli_entry_point_returns_none(monkeypatch):
+    "`snipnb-pretrain = \"snipnb.cli:main\"` in [project.scripts]: the console script exits with main()'s return value."
+    import snipnb.cli
+    monkeypatch.setattr(snipnb.cli, 'pretrain_from_cli', lambda argv: object())      # a trainer
+    assert snipnb.cli.main(['--epochs', '1']) is None
+
+def test_every_pretrain_option_is_documented():
+    from snipnb.cli import pretrain_options
+    assert [k for k, o in sorted(pretrain_options().items()) if not o.doc] == []
 
 def test_pretrain_notebook_says_what_is_missing(repo, tmp_path):
     res = run_tool('papermill', str(repo/'nbs'/'pretrain.ipynb'), str(tmp_path/'out.ipynb'), '-p', 'dataset', 'babel',

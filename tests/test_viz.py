@@ -1,10 +1,9 @@
 """Visualisation: skeleton player, boundary timeline, plots, export, the explorer's callbacks, explore.ipynb."""
-import json, warnings
-from pathlib import Path
+import json, os, subprocess, sys, warnings
 import numpy as np
 import pytest
 import plotly.graph_objects as go
-from snipnb.skeleton import NTU25, COCO17, Sequence
+from snipnb.skeleton import NTU25, Sequence
 from snipnb.synthetic import synthetic_recording
 from snipnb.backbones import smpl_layout
 from snipnb import viz
@@ -191,17 +190,30 @@ def test_save_html_standalone_and_atomic(tmp_path, seq, monkeypatch):
     assert list((tmp_path/'c').iterdir()) == []                     # nothing half-written left behind
     with pytest.raises(ValueError, match='plotlyjs'): save_html(fig, tmp_path/'x.html', plotlyjs='cdn')
 
-def test_save_png_skips_with_a_clear_message_without_a_browser(tmp_path, monkeypatch):
-    monkeypatch.setattr(viz, 'find_browser', lambda: None)
-    with pytest.warns(UserWarning, match=r'PNG export of .*x.png skipped: no Chrome/Chromium found'):
+def test_save_png_reports_kaleidos_error_and_leaves_the_environment(tmp_path, monkeypatch):
+    pytest.importorskip('kaleido')
+    def no_chrome(*a, **k): raise RuntimeError("Kaleido requires Google Chrome to be installed.")
+    monkeypatch.setattr(viz.pio, 'to_image', no_chrome)
+    env = dict(os.environ)
+    with pytest.warns(UserWarning, match=r'PNG export of .*x.png failed: RuntimeError: Kaleido requires Google Chrome'):
         assert save_png(go.Figure(go.Scatter(x=[1, 2], y=[1, 2])), tmp_path/'x.png') is None
-    assert not (tmp_path/'x.png').exists()
+    assert not (tmp_path/'x.png').exists() and dict(os.environ) == env
+    monkeypatch.setattr(viz.pio, 'to_image', lambda *a, **k: b'\x89PNG fake')
+    assert save_png(go.Figure(), tmp_path/'y.png').read_bytes() == b'\x89PNG fake'
+    assert dict(os.environ) == env                    # BROWSER_PATH is kaleido's to read, not ours to set
+
+def test_save_png_without_kaleido_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, 'kaleido', None)
+    with pytest.warns(UserWarning, match=r"skipped: kaleido is not installed \(pip install 'snipnb\[lab\]'\)"):
+        assert save_png(go.Figure(), tmp_path/'x.png') is None
 
 @pytest.mark.browser
 def test_save_png_with_chromium(tmp_path, seq):
     pytest.importorskip('kaleido')
-    if viz.find_browser() is None: pytest.skip("no Chrome/Chromium installed (Debian package 'chromium')")
-    out = save_figures({'timeline': timeline_figure(seq.labels, class_names=seq.class_names)}, tmp_path, png=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        out = save_figures({'timeline': timeline_figure(seq.labels, class_names=seq.class_names)}, tmp_path, png=True)
+    if len(out['timeline']) == 1: pytest.skip(f"kaleido found no working Chrome/Chromium: {caught[-1].message}")
     png = out['timeline'][1]
     assert png.suffix == '.png' and png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' and png.stat().st_size > 10_000
 
@@ -297,3 +309,24 @@ def test_explore_notebook_on_real_samples(repo, tmp_path, shared_data, dataset, 
     out, names = _explore(repo, tmp_path, 'dataset', dataset, 'root', shared_data/folder)
     assert names == ['features.html', 'linked.html', 'player.html', 'timeline.html']
     assert '"persons":2' in (out/'player.html').read_text()[-3_000_000:]
+
+# ---- packaging: the library without the lab extras ----------------------------------------------------------------
+
+LAB_ONLY = ('jupyterlab', 'notebook', 'nbdev', 'papermill', 'ipykernel', 'IPython', 'ipywidgets', 'anywidget', 'kaleido',
+            'sklearn', 'openpyxl', 'selenium', 'hypothesis', 'pytest')
+
+def test_every_module_imports_without_the_extras():
+    "`import snipnb` (and each module) needs only the core dependencies: the [lab], [tsne] and [dev] extras stay optional."
+    code = f"""
+import importlib, pkgutil, sys
+class NotInstalled:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in {LAB_ONLY!r}: raise ModuleNotFoundError(f"No module named {{name!r}}")
+sys.meta_path.insert(0, NotInstalled())
+import snipnb
+for m in pkgutil.iter_modules(snipnb.__path__): importlib.import_module('snipnb.' + m.name)
+print(sorted(n for n in sys.modules if n.split('.')[0] in {LAB_ONLY!r}))
+"""
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip() == '[]'
