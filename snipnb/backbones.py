@@ -10,13 +10,13 @@ import math
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 from fastcore.basics import patch
-from .skeleton import Graph, Layout, get_layout, hop_distance
+from .skeleton import Graph, Layout, LAYOUT_BY_JOINTS, resolve_layout
 
 # %% auto #0
-__all__ = ['SMPL_JOINTS', 'SMPL_PARENTS', 'EXTRA_LAYOUTS', 'BLOCK_TYPES', 'STANDARD_CHANNELS', 'QUARTER_CHANNELS', 'BACKBONES',
-           'REFERENCE_PARAMS', 'UNIK_UNUSED_BIAS', 'count_parameters', 'orient_bones', 'smpl_layout', 'resolve_layout',
-           'shortcut', 'STGCNBlock', 'AdaptiveGraphConv', 'AGCNBlock', 'conv_length', 'SkeletonBackbone',
-           'build_backbone', 'backbone_state', 'config_diff', 'load_backbone_state', 'backbone_from_state']
+__all__ = ['BLOCK_TYPES', 'STANDARD_CHANNELS', 'QUARTER_CHANNELS', 'BACKBONES', 'REFERENCE_PARAMS', 'UNIK_UNUSED_BIAS',
+           'count_parameters', 'shortcut', 'STGCNBlock', 'AdaptiveGraphConv', 'AGCNBlock', 'conv_length',
+           'SkeletonBackbone', 'build_backbone', 'backbone_state', 'config_diff', 'load_backbone_state',
+           'backbone_from_state']
 
 # %% ../nbs/05_backbones.ipynb #f0e85ed9
 def count_parameters(model:nn.Module, # any module
@@ -24,47 +24,6 @@ def count_parameters(model:nn.Module, # any module
                     ) -> int:
     "Number of (trainable) parameters of `model`."
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable)
-
-# %% ../nbs/05_backbones.ipynb #703588fc
-SMPL_JOINTS = ('pelvis', 'left_hip', 'right_hip', 'spine1', 'left_knee', 'right_knee', 'spine2', 'left_ankle',
-               'right_ankle', 'spine3', 'left_foot', 'right_foot', 'neck', 'left_collar', 'right_collar', 'head',
-               'left_shoulder', 'right_shoulder', 'left_elbow', 'right_elbow', 'left_wrist', 'right_wrist',
-               'left_hand', 'right_hand')
-SMPL_PARENTS = (-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21)
-
-def orient_bones(edges, # undirected (i, j) pairs, 0-based
-                 num_joints:int, center:int) -> tuple:
-    "Bones as (child, parent) pairs where the parent is the joint nearer to `center`."
-    dist = hop_distance(num_joints, edges, max_hop=num_joints)[center]
-    return tuple((i, j) if dist[i] > dist[j] else (j, i) for i, j in edges)
-
-def smpl_layout(num_joints:int=24, # 22 (body) or 24 (body + hands)
-               ) -> Layout:
-    "SMPL skeleton of 22 or 24 joints, centred on spine3."
-    if num_joints not in (22, 24): raise ValueError(f"SMPL layouts have 22 or 24 joints, not {num_joints}")
-    keep = lambda idx: tuple(i for i in idx if i < num_joints)
-    edges = [(i, SMPL_PARENTS[i]) for i in range(1, num_joints)]
-    pairs = tuple((i, i + 1) for i in (1, 4, 7, 10, 13, 16, 18, 20, 22) if i + 1 < num_joints)
-    parts = {'torso': (0, 3, 6, 9, 12, 15), 'left_arm': keep((13, 16, 18, 20, 22)), 'right_arm': keep((14, 17, 19, 21, 23)),
-             'left_leg': (1, 4, 7, 10), 'right_leg': (2, 5, 8, 11)}
-    return Layout(f'smpl{num_joints}', SMPL_JOINTS[:num_joints], orient_bones(edges, num_joints, 9), center=9,
-                  pairs=pairs, parts=parts)
-
-EXTRA_LAYOUTS = {'smpl22': smpl_layout(22), 'smpl24': smpl_layout(24)}
-
-# %% ../nbs/05_backbones.ipynb #561f46fa
-_LAYOUT_BY_JOINTS = {25: 'ntu25', 17: 'coco17', 22: 'smpl22', 24: 'smpl24'}
-
-def resolve_layout(layout:str|Layout|None=None, # layout name or object; None: from `num_joints`
-                   num_joints:int|None=None, # joint count; None: from `layout`
-                  ) -> Layout:
-    "The `Layout` named by `layout` and/or `num_joints` ('ntu25' when neither is given)."
-    if layout is None: layout = _LAYOUT_BY_JOINTS.get(num_joints or 25)
-    if layout is None: raise ValueError(f"no known layout has {num_joints} joints ({_LAYOUT_BY_JOINTS}); pass `layout=`")
-    layout = EXTRA_LAYOUTS[layout] if isinstance(layout, str) and layout in EXTRA_LAYOUTS else get_layout(layout)
-    if num_joints is not None and num_joints != layout.num_joints:
-        raise ValueError(f"layout {layout.name!r} has {layout.num_joints} joints, but num_joints={num_joints}")
-    return layout
 
 # %% ../nbs/05_backbones.ipynb #00d6cf55
 def shortcut(in_channels:int, out_channels:int, stride:int=1, residual:bool=True) -> nn.Module|None:
@@ -196,7 +155,7 @@ class SkeletonBackbone(nn.Module):
         if any(not 1 <= s <= len(channels) for s in strides):
             raise ValueError(f"strides {strides} must be 1-based block numbers in 1..{len(channels)}")
         if data_bn not in ('vc', 'mvc', None): raise ValueError(f"data_bn must be 'vc', 'mvc' or None, not {data_bn!r}")
-        if block == 'unik' and layout is None and num_joints is not None and num_joints not in _LAYOUT_BY_JOINTS:
+        if block == 'unik' and layout is None and num_joints is not None and num_joints not in LAYOUT_BY_JOINTS:
             lay = None   # UNIK has no skeleton prior: any joint count will do
         else: lay = resolve_layout(layout, num_joints)
         V = lay.num_joints if lay is not None else num_joints

@@ -13,16 +13,15 @@ from torch import Tensor
 import torch.distributed as dist
 from .skeleton import get_layout
 from .backbones import build_backbone, resolve_layout, SkeletonBackbone, count_parameters
-from .ufusion import MLPHead, SnippetHead
 from .augment import get_augment, relative_tempo
 
 # %% auto #0
 __all__ = ['HEAD_TYPES', 'STREAMS', 'PRETEXTS', 'METHODS', 'PRESETS', 'QUIRKS', 'OFFICIAL_COUNTS', 'OFFICIAL_UNUSED', 'KeyQueue',
            'gather_keys', 'moco_logits', 'upcast', 'info_nce', 'soft_ce', 'margin_ranking', 'topk_mask',
-           'match_snippets', 'snippet_logits', 'dense_global', 'LinearHead', 'projection_head', 'part_matrix',
-           'PartPooling', 'PartRelation', 'body_parts', 'PartBranch', 'Encoder', 'momentum_update', 'official_init',
-           'attention_drop', 'Pretext', 'SkeletonCLR', 'AimCLR', 'dc_logits', 'RVTCLR', 'motion_stream', 'bone_stream',
-           'ckm_logits_mask', 'CrosSCLR', 'preset_config', 'build_pretext']
+           'match_snippets', 'snippet_logits', 'dense_global', 'MLPHead', 'SnippetHead', 'LinearHead',
+           'projection_head', 'part_matrix', 'PartPooling', 'PartRelation', 'body_parts', 'PartBranch', 'Encoder',
+           'momentum_update', 'official_init', 'attention_drop', 'Pretext', 'SkeletonCLR', 'AimCLR', 'dc_logits',
+           'RVTCLR', 'motion_stream', 'bone_stream', 'ckm_logits_mask', 'CrosSCLR', 'preset_config', 'build_pretext']
 
 # %% ../nbs/08_contrastive.ipynb #aec7d397
 class KeyQueue(nn.Module):
@@ -127,6 +126,38 @@ def dense_global(k_snip:Tensor, # (N, D, G) normalised key snippet projections
     if mode == 'normalized': return F.normalize(k_snip.mean(-1), dim=1)
     if mode == 'official': return F.normalize(k_raw.mean(-1), dim=1)
     raise ValueError(f"dense_key must be 'normalized' or 'official', not {mode!r}")
+
+# %% ../nbs/08_contrastive.ipynb #dd97eddd
+class MLPHead(nn.Module):
+    "Global projection head: Linear(C, hidden) - ReLU - Linear(hidden, out), optionally L2-normalised."
+    def __init__(self, in_channels:int=256, hidden:int=256, out_channels:int=128, normalize:bool=True):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(in_channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_channels))
+        self.normalize = normalize
+
+    def forward(self, x:Tensor) -> Tensor: # (N, C) -> (N, out)
+        z = self.mlp(x)
+        return F.normalize(z, dim=1) if self.normalize else z
+
+# %% ../nbs/08_contrastive.ipynb #bbb7c6fc
+class SnippetHead(nn.Module):
+    "Snippet head: mean over joints, adaptive pooling to `t_grid` snippets, 1x1 Conv1d C -> hidden -> ReLU -> out."
+    def __init__(self, in_channels:int=256, hidden:int=256, out_channels:int=128,
+                 t_grid:int|None=None, # snippets per clip; None: one per output step (T')
+                 normalize:bool=True):
+        super().__init__()
+        self.t_grid, self.normalize = t_grid, normalize
+        self.proj = nn.Sequential(nn.Conv1d(in_channels, hidden, 1), nn.ReLU(inplace=True), nn.Conv1d(hidden, out_channels, 1))
+
+    def forward(self, x:Tensor, # (N, C, T', V) block features, or (N, C, T') already joint-averaged
+               ) -> dict: # {'snippets': (N, out, t_grid), 'pooled': (N, C, t_grid)}
+        if x.dim() == 4: x = x.mean(-1)
+        t_grid = self.t_grid or x.shape[-1]
+        if t_grid > x.shape[-1]:
+            raise ValueError(f"t_grid={t_grid} exceeds the feature length T'={x.shape[-1]}: snippets would overlap")
+        pooled = F.adaptive_avg_pool1d(x, t_grid)
+        z = self.proj(pooled)
+        return {'snippets': F.normalize(z, dim=1) if self.normalize else z, 'pooled': pooled}
 
 # %% ../nbs/08_contrastive.ipynb #71c2ad80
 class LinearHead(nn.Module):

@@ -13,11 +13,11 @@ from fastcore.basics import patch
 from tqdm.auto import tqdm
 from .config import get_setting, get_settings
 from .fileio import remove_stale, writer_lock
-from .skeleton import Sequence, get_layout, labels_to_segments
+from .skeleton import Sequence, labels_to_segments
 
 # %% auto #0
 __all__ = ['CACHE_VERSION', 'DATASET_NAMES', 'NTU60_XSUB_TRAIN', 'NTU120_XSUB_TRAIN', 'NpyAppender', 'cache_key',
-           'files_fingerprint', 'build_cache', 'CacheDamaged', 'check_cache', 'Corpus', 'window_starts',
+           'files_fingerprint', 'build_cache', 'CacheDamaged', 'check_cache', 'Corpus', 'window_starts', 'clip_tensor',
            'recording_windows', 'ClipDataset', 'DatasetNotFound', 'Source', 'prepare', 'ntu_split', 'ntu_source',
            'pkummd_source', 'babel_source', 'synthetic_source', 'get_source', 'load_corpus']
 
@@ -355,26 +355,40 @@ def windows(self:Corpus, length:int, # frames per clip
            for s in [window_starts(int(T), length, stride)]]
     return np.concatenate(out) if out else np.zeros((0, 2), np.int64)
 
+# %% ../nbs/04_datasets.ipynb #e270c7e2
+def clip_tensor(frames, # (F, M, V, C) frames, numpy or torch: one recording, or recordings back to back
+                starts, # (N,) start of each clip, counted from its recording's first frame
+                length:int, # frames per clip
+                pad:str='zero', # past a recording's end: 'zero' frames, 'edge' (its last frame again) or 'loop' (its start again)
+                first=0, # (N,) or one: where each clip's recording begins in `frames`
+                num_frames=None, # (N,) or one: each clip's recording's length (None: all of `frames`)
+               ) -> tuple: # (x (N, C, T, V, M), index into `frames` (N, T), mask (N, T): real frames)
+    "Clips of (T, M, V, C) recordings as the models' (N, C, T, V, M), with the frame each step comes from."
+    if pad not in ('zero', 'edge', 'loop'): raise ValueError(f"unknown pad policy {pad!r}; use 'zero', 'edge' or 'loop'")
+    import torch
+    on_torch = torch.is_tensor(frames)
+    if on_torch: col = lambda a: torch.as_tensor(a, dtype=torch.int64, device=frames.device).reshape(-1, 1)
+    else: col = lambda a: np.asarray(a, np.int64).reshape(-1, 1)
+    T = col(len(frames) if num_frames is None else num_frames)
+    t = col(starts) + (torch.arange(length, device=frames.device) if on_torch else np.arange(length))[None]
+    mask = t < T
+    t = t % T if pad == 'loop' else (torch.minimum if on_torch else np.minimum)(t, T - 1)
+    flat = col(first) + t
+    x = frames[flat] if on_torch else np.asarray(frames[flat.ravel()]).reshape(*flat.shape, *frames.shape[1:])
+    if pad == 'zero': x = x * mask[..., None, None, None]
+    x = x.permute(0, 4, 1, 3, 2).contiguous() if on_torch else np.ascontiguousarray(x.transpose(0, 4, 1, 3, 2))
+    return x, flat, mask
+
 # %% ../nbs/04_datasets.ipynb #59514c4f
 @patch
 def clips(self:Corpus, positions, # positions in this view (N,)
            starts, # start frames (N,)
            length:int, pad:str='zero'):
     "Clips as numpy: x (N, C, T, V, M) float32, y (N, T) int64 (-1 padded/unlabelled), mask (N, T) bool."
-    positions, starts = np.asarray(positions, np.int64), np.asarray(starts, np.int64)
-    recs = self.indices[positions]
-    T = (self.offsets[recs + 1] - self.offsets[recs])[:, None]
-    t = starts[:, None] + np.arange(length)[None]
-    mask = t < T
-    if pad == 'loop': t = t % T
-    elif pad in ('zero', 'edge'): t = np.minimum(t, T - 1)
-    else: raise ValueError(f"unknown pad policy {pad!r}; use 'zero', 'edge' or 'loop'")
-    flat = self.offsets[recs][:, None] + t
-    x = np.asarray(self.frames[flat.ravel()]).reshape(len(recs), length, *self.shape)  # (N, T, M, V, C)
-    if pad == 'zero': x = x * mask[:, :, None, None, None]
-    y = _map_labels(self, self._labels[flat.ravel()]).reshape(len(recs), length)
-    y = np.where(mask, y, -1)
-    return np.ascontiguousarray(x.transpose(0, 4, 1, 3, 2)), y, mask
+    recs = self.indices[np.asarray(positions, np.int64)]
+    x, flat, mask = clip_tensor(self.frames, starts, length, pad, self.offsets[recs], self.offsets[recs + 1] - self.offsets[recs])
+    y = _map_labels(self, self._labels[flat.ravel()]).reshape(flat.shape)
+    return x, np.where(mask, y, -1), mask
 
 # %% ../nbs/04_datasets.ipynb #379c2c79
 def recording_windows(corpus:Corpus, length:int, seed:int=0) -> np.ndarray:
@@ -409,14 +423,7 @@ def batches(self:Corpus, length:int, # frames per clip
         pos, st = win[b:b + batch_size, 0], win[b:b + batch_size, 1]
         if on_device:
             recs = idx[torch.as_tensor(pos, device=device)]
-            T = (offsets[recs + 1] - offsets[recs])[:, None]
-            t = torch.as_tensor(st, device=device)[:, None] + torch.arange(length, device=device)[None]
-            mask = t < T
-            t = t % T if pad == 'loop' else torch.minimum(t, T - 1)
-            flat = offsets[recs][:, None] + t
-            x = frames[flat]
-            if pad == 'zero': x = x * mask[..., None, None, None]
-            x = x.permute(0, 4, 1, 3, 2).contiguous()
+            x, flat, mask = clip_tensor(frames, st, length, pad, offsets[recs], offsets[recs + 1] - offsets[recs])
             y = torch.where(mask, labels[flat], -1)
         else:
             x, y, mask = self.clips(pos, st, length, pad)
@@ -440,7 +447,7 @@ class ClipDataset(torch.utils.data.Dataset):
 from dataclasses import dataclass, field
 from typing import Callable
 import warnings
-from .skeleton import normalize_skeleton, drop_empty_frames
+from .skeleton import normalize_skeleton
 
 class DatasetNotFound(FileNotFoundError):
     "A dataset is not where settings.ini says it is; the message says how to get it."

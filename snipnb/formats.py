@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from .config import get_setting
 from .fileio import write_atomic
-from .skeleton import Sequence, smplh_to_ntu25, resample_joints, labels_to_segments, segments_to_labels
+from .skeleton import Sequence, LAYOUT_BY_JOINTS, smplh_to_ntu25, resample_joints, labels_to_segments, segments_to_labels
 
 # %% auto #0
 __all__ = ['NTU120_CLASSES', 'NTU60_CLASSES', 'PKUMMD_CLASSES', 'BABEL_CLASSES', 'BABEL_SUBSETS', 'FormatError', 'ntu_name_info',
@@ -323,8 +323,7 @@ def _int_label(path, value, what:str) -> int:
     return lab
 
 def _layout_for(path, V:int, C:int) -> str:
-    if V == 25 and C in (2, 3): return 'ntu25'
-    if V == 17 and C in (2, 3): return 'coco17'
+    if V in (25, 17) and C in (2, 3): return LAYOUT_BY_JOINTS[V]   # ST-GCN/PYSKL files hold NTU or COCO skeletons
     _fail(path, f"expected 25 (NTU) or 17 (COCO) joints with 2 or 3 coordinates, got V={V}, C={C}")
 
 def _check_finite(path, x:np.ndarray, what:str=''):

@@ -6,11 +6,12 @@ Docs: https://snipnb.github.io/snipnb/metrics.html.md"""
 
 # %% ../nbs/11_metrics.ipynb #541776f8
 from __future__ import annotations
-import math, re
+import math
 from pathlib import Path
 import numpy as np
 from .formats import read_pkummd_labels
 from .fileio import write_atomic
+from .skeleton import labels_to_segments
 
 # %% auto #0
 __all__ = ['segment_iou', 'detection_ap', 'detection_map', 'pkummd_match', 'pkummd_map', 'read_pkummd_predictions',
@@ -370,11 +371,10 @@ def _is_background(labels, background) -> np.ndarray:
 def _segments(labels, # (T,) frame labels
               background=0, # label or labels not turned into segments (None: none)
              ) -> tuple: # (labels, starts, ends), ends exclusive
-    "MS-TCN's `get_labels_start_end_time`: runs of equal labels, background runs dropped."
+    "MS-TCN's `get_labels_start_end_time`: runs of equal labels (`labels_to_segments`), background runs dropped."
     labels = np.asarray(labels)
-    if labels.size == 0: return np.zeros(0, labels.dtype), np.zeros(0, int), np.zeros(0, int)
-    starts = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]])
-    ends = np.r_[starts[1:], len(labels)]
+    runs = labels_to_segments(labels, background=None)
+    starts, ends = (np.array([r[k] for r in runs], np.int64) for k in (1, 2))
     keep = ~_is_background(labels[starts], background)
     return labels[starts][keep], starts[keep], ends[keep]
 
@@ -426,7 +426,7 @@ def segment_counts(pred_labels, # (T,) predicted frame labels
     hits = np.zeros(len(yl), bool); tp = fp = 0
     for lab, s, e in zip(pl, ps, pe):
         if len(yl) == 0: fp += 1; continue
-        iou = (np.minimum(e, ye) - np.maximum(s, ys)) / (np.maximum(e, ye) - np.minimum(s, ys)) * (yl == lab)
+        iou = segment_iou([s], [e], ys, ye)[0] * (yl == lab)   # MS-TCN's is negative apart; both fail any overlap > 0
         j = int(iou.argmax())
         if iou[j] >= overlap and not hits[j]: tp += 1; hits[j] = True
         else: fp += 1

@@ -12,9 +12,9 @@ import numpy as np
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 from .config import get_device, get_setting
-from .skeleton import Sequence
-from .datasets import Corpus, load_corpus, window_starts
-from .backbones import SkeletonBackbone, build_backbone, backbone_from_state
+from .skeleton import Sequence, labels_to_segments
+from .datasets import Corpus, load_corpus, window_starts, clip_tensor
+from .backbones import SkeletonBackbone, build_backbone
 from .ufusion import build_localizer, Localizer
 from .train import (Trainer, TrainConfig, load_checkpoint, save_checkpoint, pretrained_backbone, CheckpointError,
                           is_main_process)
@@ -22,9 +22,9 @@ from .contrastive import upcast
 
 # %% auto #0
 __all__ = ['PROTOCOLS', 'PAPER_THRESHOLDS', 'DECODERS', 'SELECTIONS', 'frame_loss', 'sequence_batches', 'FrozenBackbone',
-           'frame_features', 'KNNLocalizer', 'build_protocol_model', 'edge_weights', 'predict_probs',
-           'inference_window', 'runs', 'nms', 'decode_paper', 'decode_argmax', 'decode_official', 'localize',
-           'validation_split', 'selection_record', 'SelectingTrainer', 'localize_run_name', 'eval_split',
+           'frame_features', 'KNNLocalizer', 'build_protocol_model', 'edge_weights', 'window_batches', 'predict_probs',
+           'inference_window', 'recording_features', 'runs', 'nms', 'decode_paper', 'decode_argmax', 'decode_official',
+           'localize', 'validation_split', 'selection_record', 'SelectingTrainer', 'localize_run_name', 'eval_split',
            'localizer_step', 'fit_localizer', 'load_localizer', 'evaluate', 'metric_table']
 
 # %% ../nbs/12_protocols.ipynb #c1200e79
@@ -145,10 +145,14 @@ def edge_weights(window:int, taper:int) -> np.ndarray:
     t = np.arange(window)
     return np.minimum(1.0, np.minimum(t + 1, window - t) / (taper + 1)).astype(np.float32)
 
-def _clip_tensor(joints:np.ndarray, start:int, window:int) -> np.ndarray:
-    clip = joints[start:start + window]
-    if len(clip) < window: clip = np.concatenate([clip, np.zeros((window - len(clip), *clip.shape[1:]), clip.dtype)])
-    return clip.transpose(3, 0, 2, 1)       # (T, M, V, C) -> (C, T, V, M)
+def window_batches(joints:np.ndarray, # (T, M, V, C) one recording
+                   starts, # window starts
+                   window:int, # frames per window (zero-padded past the recording's end)
+                   batch_size:int=16, device=None):
+    "Sliding-window inference's input: (starts, x (n, C, T, V, M) on `device`) for each batch of windows."
+    for b in range(0, len(starts), batch_size):
+        st = starts[b:b + batch_size]
+        yield st, torch.as_tensor(clip_tensor(joints, st, window)[0], device=device)
 
 @torch.no_grad()
 def predict_probs(model:nn.Module, # a localizer: (N, C, T, V, M) -> (N, T, K+1) logits
@@ -166,9 +170,7 @@ def predict_probs(model:nn.Module, # a localizer: (N, C, T, V, M) -> (N, T, K+1)
     starts = window_starts(T, window, window - overlap)
     w = torch.as_tensor(edge_weights(window, overlap // 2), device=device)
     acc, norm = None, torch.zeros(T, device=device)
-    for b in range(0, len(starts), batch_size):
-        st = starts[b:b + batch_size]
-        x = torch.as_tensor(np.stack([_clip_tensor(joints, int(s), window) for s in st]), device=device)
+    for st, x in window_batches(joints, starts, window, batch_size, device):
         p = torch.softmax(model(x).float(), -1)
         if acc is None: acc = torch.zeros(T, p.shape[-1], device=device)
         for s, ps in zip(st, p):
@@ -182,14 +184,29 @@ def inference_window(model:nn.Module, window:int|str|None=None) -> int|str:
     if getattr(model, 'whole_sequence', False): return 'whole'
     return getattr(model, 'clip_len', None) or 150
 
+# %% ../nbs/12_protocols.ipynb #e651be5e
+@torch.no_grad()
+def recording_features(backbone, # a `SkeletonBackbone`
+                       data, # a `Sequence` or joints (T, M, V, C)
+                       window:int=100, # frames per window (non-overlapping; the last one is zero-padded)
+                       t_grid:int=8, # snippets per window (the snippet head's grid)
+                       device=None, batch_size:int=16) -> tuple: # (features (T, C), snippet id (T,))
+    "Per-frame backbone features of a whole recording and the snippet each frame falls in."
+    joints = data.joints if isinstance(data, Sequence) else np.asarray(data, np.float32)
+    T = len(joints); device = get_device(device)
+    backbone = backbone.to(device).eval()
+    feats = [frame_features(backbone, x).float().cpu() for _, x in window_batches(joints, np.arange(0, T, window), window, batch_size, device)]
+    f = torch.cat(feats).reshape(-1, feats[0].shape[-1])[:T].numpy()
+    t = np.arange(T)
+    snippet = (t // window) * t_grid + np.minimum((t % window) * t_grid // window, t_grid - 1)
+    return f, snippet
+
 # %% ../nbs/12_protocols.ipynb #d97c72ae
 PAPER_THRESHOLDS = (0.03, 0.035, 0.04, 0.045, 0.05)
 
 def runs(mask:np.ndarray) -> list:
     "[(start, end)] of the runs of True in a boolean array, end exclusive."
-    m = np.concatenate([[False], np.asarray(mask, bool), [False]])
-    d = np.flatnonzero(np.diff(m.astype(np.int8)))
-    return list(zip(d[::2].tolist(), d[1::2].tolist()))
+    return [(s, e) for _, s, e in labels_to_segments(np.asarray(mask, bool).astype(np.int8))]
 
 def nms(segments:list, # [(label, start, end, score)]
         threshold:float=0.2, # suppress overlaps above this

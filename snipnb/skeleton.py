@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 # %% auto #0
-__all__ = ['NTU_JOINTS', 'NTU_BONES_1BASED', 'NTU_PAIRS_1BASED', 'NTU25', 'COCO_JOINTS', 'COCO17', 'LAYOUTS', 'SMPLH_TO_NTU25',
-           'SMPLH52_TIP_FALLBACK', 'Layout', 'get_layout', 'smplh_to_ntu25', 'hop_distance', 'normalize_digraph',
+__all__ = ['NTU_JOINTS', 'NTU_BONES_1BASED', 'NTU_PAIRS_1BASED', 'NTU25', 'COCO_JOINTS', 'COCO17', 'SMPL_JOINTS', 'SMPL_PARENTS',
+           'LAYOUTS', 'LAYOUT_BY_JOINTS', 'SMPLH_TO_NTU25', 'SMPLH52_TIP_FALLBACK', 'Layout', 'hop_distance',
+           'orient_bones', 'smpl_layout', 'get_layout', 'resolve_layout', 'smplh_to_ntu25', 'normalize_digraph',
            'Graph', 'labels_to_segments', 'segments_to_labels', 'Sequence', 'rotation_matrix', 'normalize_skeleton',
            'drop_empty_frames', 'resample_time', 'resample_joints']
 
@@ -69,13 +70,62 @@ COCO17 = Layout('coco17', COCO_JOINTS,
                 parts={'head': (0, 1, 2, 3, 4), 'left_arm': (5, 7, 9), 'right_arm': (6, 8, 10),
                        'left_leg': (11, 13, 15), 'right_leg': (12, 14, 16)}, dims=2)
 
-LAYOUTS = {l.name: l for l in (NTU25, COCO17)}
+# %% ../nbs/01_skeleton.ipynb #a1291996
+def hop_distance(num_joints:int, edges, max_hop:int=1) -> np.ndarray:
+    "Hop distance between every pair of joints (inf beyond `max_hop`)."
+    adj = np.zeros((num_joints, num_joints))
+    for i, j in edges: adj[i, j] = adj[j, i] = 1
+    dist = np.full((num_joints, num_joints), np.inf)
+    reach = [np.linalg.matrix_power(adj + np.eye(num_joints), d) > 0 for d in range(max_hop + 1)]
+    for d in range(max_hop, -1, -1): dist[reach[d]] = d
+    return dist
+
+# %% ../nbs/01_skeleton.ipynb #703588fc
+SMPL_JOINTS = ('pelvis', 'left_hip', 'right_hip', 'spine1', 'left_knee', 'right_knee', 'spine2', 'left_ankle',
+               'right_ankle', 'spine3', 'left_foot', 'right_foot', 'neck', 'left_collar', 'right_collar', 'head',
+               'left_shoulder', 'right_shoulder', 'left_elbow', 'right_elbow', 'left_wrist', 'right_wrist',
+               'left_hand', 'right_hand')
+SMPL_PARENTS = (-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21)
+
+def orient_bones(edges, # undirected (i, j) pairs, 0-based
+                 num_joints:int, center:int) -> tuple:
+    "Bones as (child, parent) pairs where the parent is the joint nearer to `center`."
+    dist = hop_distance(num_joints, edges, max_hop=num_joints)[center]
+    return tuple((i, j) if dist[i] > dist[j] else (j, i) for i, j in edges)
+
+def smpl_layout(num_joints:int=24, # 22 (body) or 24 (body + hands)
+               ) -> Layout:
+    "SMPL skeleton of 22 or 24 joints, centred on spine3."
+    if num_joints not in (22, 24): raise ValueError(f"SMPL layouts have 22 or 24 joints, not {num_joints}")
+    keep = lambda idx: tuple(i for i in idx if i < num_joints)
+    edges = [(i, SMPL_PARENTS[i]) for i in range(1, num_joints)]
+    pairs = tuple((i, i + 1) for i in (1, 4, 7, 10, 13, 16, 18, 20, 22) if i + 1 < num_joints)
+    parts = {'torso': (0, 3, 6, 9, 12, 15), 'left_arm': keep((13, 16, 18, 20, 22)), 'right_arm': keep((14, 17, 19, 21, 23)),
+             'left_leg': (1, 4, 7, 10), 'right_leg': (2, 5, 8, 11)}
+    return Layout(f'smpl{num_joints}', SMPL_JOINTS[:num_joints], orient_bones(edges, num_joints, 9), center=9,
+                  pairs=pairs, parts=parts)
+
+# %% ../nbs/01_skeleton.ipynb #af458cd8
+LAYOUTS = {l.name: l for l in (NTU25, COCO17, smpl_layout(22), smpl_layout(24))}
+LAYOUT_BY_JOINTS = {l.num_joints: name for name, l in LAYOUTS.items()}   # joint counts are unique
 
 def get_layout(layout:str|Layout) -> Layout:
-    "A `Layout` from its name ('ntu25', 'coco17') or itself."
+    "A `Layout` from its name ('ntu25', 'coco17', 'smpl22', 'smpl24') or itself."
     if isinstance(layout, Layout): return layout
     if layout not in LAYOUTS: raise KeyError(f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}")
     return LAYOUTS[layout]
+
+# %% ../nbs/01_skeleton.ipynb #561f46fa
+def resolve_layout(layout:str|Layout|None=None, # layout name or object; None: from `num_joints`
+                   num_joints:int|None=None, # joint count; None: from `layout`
+                  ) -> Layout:
+    "The `Layout` named by `layout` and/or `num_joints` ('ntu25' when neither is given)."
+    if layout is None: layout = LAYOUT_BY_JOINTS.get(num_joints or 25)
+    if layout is None: raise ValueError(f"no known layout has {num_joints} joints ({LAYOUT_BY_JOINTS}); pass `layout=`")
+    layout = get_layout(layout)
+    if num_joints is not None and num_joints != layout.num_joints:
+        raise ValueError(f"layout {layout.name!r} has {layout.num_joints} joints, but num_joints={num_joints}")
+    return layout
 
 # %% ../nbs/01_skeleton.ipynb #ba0da1e4
 SMPLH_TO_NTU25 = (0, 3, 12, 15, 16, 18, 20, 22, 17, 19, 21, 37, 1, 4, 7, 10, 2, 5, 8, 11, 9, 63, 64, 68, 69)
@@ -96,16 +146,7 @@ def smplh_to_ntu25(joints:np.ndarray, # (T, 73, 3) smplx SMPL-H joints, or (T, 5
         index = [SMPLH52_TIP_FALLBACK.get(i, i) for i in index]
     return joints[:, index].astype(np.float32)
 
-# %% ../nbs/01_skeleton.ipynb #a1291996
-def hop_distance(num_joints:int, edges, max_hop:int=1) -> np.ndarray:
-    "Hop distance between every pair of joints (inf beyond `max_hop`)."
-    adj = np.zeros((num_joints, num_joints))
-    for i, j in edges: adj[i, j] = adj[j, i] = 1
-    dist = np.full((num_joints, num_joints), np.inf)
-    reach = [np.linalg.matrix_power(adj + np.eye(num_joints), d) > 0 for d in range(max_hop + 1)]
-    for d in range(max_hop, -1, -1): dist[reach[d]] = d
-    return dist
-
+# %% ../nbs/01_skeleton.ipynb #7794ea95
 def normalize_digraph(adj:np.ndarray) -> np.ndarray:
     "Column normalisation A D^-1, D the column sums (empty columns stay zero)."
     col = adj.sum(0)
@@ -146,7 +187,7 @@ class Graph:
 
 # %% ../nbs/01_skeleton.ipynb #ebf7a302
 def labels_to_segments(labels:np.ndarray, # (T,) frame labels
-                       background:int=0, # label not turned into segments
+                       background:int|None=0, # label not turned into segments (None: keep every run)
                       ) -> list:
     "Runs of equal non-background labels as [(label, start, end)], end exclusive."
     labels = np.asarray(labels)

@@ -1,4 +1,4 @@
-"""The multiscale U-shaped fusion decoder (1-D UNet++), per-frame heads, the localizer, and the contrastive projection heads.
+"""The multiscale U-shaped fusion decoder (1-D UNet++), per-frame heads and the localizer.
 
 Docs: https://snipnb.github.io/snipnb/ufusion.html.md"""
 
@@ -13,7 +13,7 @@ from .backbones import SkeletonBackbone, build_backbone, count_parameters
 # %% auto #0
 __all__ = ['FRAME_HEADS', 'OFFICIAL_LOCALIZER_PARAMS', 'OFFICIAL_BASELINE_PARAMS', 'OFFICIAL_UNUSED_DATA_BN', 'upsample_to',
            'conv_unit', 'UFusion', 'UFusionHead', 'LinearFrameHead', 'Localizer', 'default_taps', 'build_localizer',
-           'official_localizer', 'MLPHead', 'SnippetHead']
+           'official_localizer']
 
 # %% ../nbs/06_ufusion.ipynb #568f75bd
 def upsample_to(x:Tensor, # (N, C, T_in)
@@ -128,35 +128,3 @@ def official_localizer(num_classes:int=4, # K action classes (the official BABEL
     "SnipCLR's localization network: full-width 2s-AGCN, strides at blocks 2, 5, 8, no data BN, one person, taps 1, 7, 10."
     cfg = dict(strides=(2, 5, 8), data_bn=None, num_persons=1, in_channels=3, num_joints=25, graph='agcn')
     return build_localizer('agcn', ufusion=ufusion, num_classes=num_classes, **{**cfg, **options})
-
-# %% ../nbs/06_ufusion.ipynb #dd97eddd
-class MLPHead(nn.Module):
-    "Global projection head: Linear(C, hidden) - ReLU - Linear(hidden, out), optionally L2-normalised."
-    def __init__(self, in_channels:int=256, hidden:int=256, out_channels:int=128, normalize:bool=True):
-        super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(in_channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_channels))
-        self.normalize = normalize
-
-    def forward(self, x:Tensor) -> Tensor: # (N, C) -> (N, out)
-        z = self.mlp(x)
-        return F.normalize(z, dim=1) if self.normalize else z
-
-# %% ../nbs/06_ufusion.ipynb #bbb7c6fc
-class SnippetHead(nn.Module):
-    "Snippet head: mean over joints, adaptive pooling to `t_grid` snippets, 1x1 Conv1d C -> hidden -> ReLU -> out."
-    def __init__(self, in_channels:int=256, hidden:int=256, out_channels:int=128,
-                 t_grid:int|None=None, # snippets per clip; None: one per output step (T')
-                 normalize:bool=True):
-        super().__init__()
-        self.t_grid, self.normalize = t_grid, normalize
-        self.proj = nn.Sequential(nn.Conv1d(in_channels, hidden, 1), nn.ReLU(inplace=True), nn.Conv1d(hidden, out_channels, 1))
-
-    def forward(self, x:Tensor, # (N, C, T', V) block features, or (N, C, T') already joint-averaged
-               ) -> dict: # {'snippets': (N, out, t_grid), 'pooled': (N, C, t_grid)}
-        if x.dim() == 4: x = x.mean(-1)
-        t_grid = self.t_grid or x.shape[-1]
-        if t_grid > x.shape[-1]:
-            raise ValueError(f"t_grid={t_grid} exceeds the feature length T'={x.shape[-1]}: snippets would overlap")
-        pooled = F.adaptive_avg_pool1d(x, t_grid)
-        z = self.proj(pooled)
-        return {'snippets': F.normalize(z, dim=1) if self.normalize else z, 'pooled': pooled}

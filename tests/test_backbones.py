@@ -4,7 +4,8 @@ import pytest
 import torch, torch.nn as nn
 from snipnb.backbones import (BACKBONES, REFERENCE_PARAMS, UNIK_UNUSED_BIAS, build_backbone, count_parameters,
                               backbone_state, load_backbone_state, backbone_from_state, conv_length)
-from snipnb.ufusion import UFusion, build_localizer, MLPHead, SnippetHead
+from snipnb.ufusion import UFusion, build_localizer
+from snipnb.contrastive import MLPHead, SnippetHead
 
 # Backbone only (no fc), NTU-25, 3D, M=2, counted on transcriptions of the reference files:
 # stgcn/stgcn16: Levigty/AimCLR net/st_gcn.py (= cqs0925/SnipCLR RVTCLR/net/st_gcn_dense.py Model),

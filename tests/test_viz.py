@@ -5,7 +5,7 @@ import pytest
 import plotly.graph_objects as go
 from snipnb.skeleton import NTU25, Sequence
 from snipnb.synthetic import synthetic_recording
-from snipnb.backbones import smpl_layout
+from snipnb.skeleton import smpl_layout
 from snipnb import viz
 from snipnb.viz import (skeleton_figure, timeline_figure, boundary_errors, set_cursor, loss_curves, read_history, ap_bars,
                         embedding_figure, save_html, save_png, save_figures, Explorer, view_ranges, orient, bone_parts,
