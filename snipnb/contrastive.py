@@ -11,17 +11,17 @@ from fastcore.basics import patch
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 import torch.distributed as dist
-from .skeleton import get_layout
-from .backbones import build_backbone, resolve_layout, SkeletonBackbone, count_parameters
+from .backbones import build_backbone, resolve_layout, SkeletonBackbone
 from .augment import get_augment, relative_tempo
 
 # %% auto #0
-__all__ = ['HEAD_TYPES', 'STREAMS', 'PRETEXTS', 'METHODS', 'PRESETS', 'QUIRKS', 'OFFICIAL_COUNTS', 'OFFICIAL_UNUSED', 'KeyQueue',
-           'gather_keys', 'moco_logits', 'upcast', 'info_nce', 'soft_ce', 'margin_ranking', 'topk_mask',
-           'match_snippets', 'snippet_logits', 'dense_global', 'MLPHead', 'SnippetHead', 'LinearHead',
-           'projection_head', 'part_matrix', 'PartPooling', 'PartRelation', 'body_parts', 'PartBranch', 'Encoder',
-           'momentum_update', 'official_init', 'attention_drop', 'Pretext', 'SkeletonCLR', 'AimCLR', 'dc_logits',
-           'RVTCLR', 'motion_stream', 'bone_stream', 'ckm_logits_mask', 'CrosSCLR', 'preset_config', 'build_pretext']
+__all__ = ['SIMILARITIES', 'DENSE_KEYS', 'HEAD_TYPES', 'STREAMS', 'PRETEXTS', 'METHODS', 'PRESETS', 'QUIRKS', 'OFFICIAL_COUNTS',
+           'OFFICIAL_UNUSED', 'KeyQueue', 'gather_keys', 'moco_logits', 'upcast', 'info_nce', 'soft_ce',
+           'margin_ranking', 'topk_mask', 'match_snippets', 'snippet_logits', 'dense_global', 'MLPHead', 'SnippetHead',
+           'LinearHead', 'projection_head', 'part_matrix', 'PartPooling', 'PartRelation', 'body_parts', 'PartBranch',
+           'Encoder', 'momentum_update', 'official_init', 'attention_drop', 'Pretext', 'SkeletonCLR', 'AimCLR',
+           'dc_logits', 'RVTCLR', 'motion_stream', 'bone_stream', 'ckm_logits_mask', 'CrosSCLR', 'preset_config',
+           'build_pretext']
 
 # %% ../nbs/08_contrastive.ipynb #aec7d397
 class KeyQueue(nn.Module):
@@ -97,6 +97,8 @@ def topk_mask(neg_logits:list, # [(N, K)] queue logits of one or more query view
     return mask
 
 # %% ../nbs/08_contrastive.ipynb #9cb903b3
+SIMILARITIES, DENSE_KEYS = ('cosine', 'dot'), ('normalized', 'official')
+
 def match_snippets(q_pooled:Tensor, # (N, C, G) pooled backbone features of the query snippets
                    k_pooled:Tensor, # (N, C, Gk) of the key-view snippets
                    similarity:str='cosine', # 'cosine' (DenseCL) or 'dot' (the official SnipCLR code)
@@ -324,9 +326,9 @@ class Pretext(nn.Module):
         self.temperature, self.momentum, self.mining_epoch = temperature, momentum, mining_epoch
         self.topk, self.snippet_topk = topk, snippet_topk
         self.query_augment, self.key_augment = get_augment(query_augment), get_augment(key_augment)
-        match_snippets(torch.ones(1, 1, 1), torch.ones(1, 1, 1), similarity)                   # fail early on a bad name
-        dense_global(torch.ones(1, 1, 1), torch.ones(1, 1, 1), dense_key)
-        if init not in ('default', 'official'): raise ValueError(f"init must be 'default' or 'official', not {init!r}")
+        for name, value, allowed in (('similarity', similarity, SIMILARITIES), ('dense_key', dense_key, DENSE_KEYS),
+                                     ('init', init, ('default', 'official'))):
+            if value not in allowed: raise ValueError(f"{name} must be one of {allowed}, not {value!r}")
         self.similarity, self.dense_key, self.init = similarity, dense_key, init
         self.config = {'method': type(self).__name__.lower(), 'backbone': backbone.config, 'snippet': snippet,
                        'snippet_weight': snippet_weight, 't_grid': t_grid, 'queue_size': queue_size, 'dim': dim,
@@ -355,8 +357,8 @@ class Pretext(nn.Module):
         return {'loss': loss, **{k: v.detach() for k, v in parts.items()}}
 
     def finish_init(self):
-        "Called at the end of a method's __init__: the official initialisation redraws both encoders independently."
-        if self.init == 'official': official_init(self.encoder_q); official_init(self.encoder_k)
+        "Called at the end of a method's __init__: the official initialisation redraws every encoder independently."
+        if self.init == 'official': official_init(self)
 
 # %% ../nbs/08_contrastive.ipynb #192a07df
 class SkeletonCLR(Pretext):
@@ -413,9 +415,8 @@ def dc_logits(q_dc:Tensor, # (N, D) normalised DC-view projections
               unscaled_positive:bool=False, # SnipCLR's official code before mining: the positive not divided by T
              ) -> Tensor: # (N, 1 + K)
     "The DC view's logits against [instance key, queue]."
-    if not unscaled_positive: return moco_logits(q_dc, k, queue, temperature)
-    neg = q_dc @ queue.detach().to(q_dc.dtype).t() / temperature
-    return torch.cat([(q_dc * k).sum(1, keepdim=True), neg], 1)
+    logits = moco_logits(q_dc, k, queue, temperature)
+    return torch.cat([logits[:, :1] * temperature, logits[:, 1:]], 1) if unscaled_positive else logits
 
 class RVTCLR(Pretext):
     "RVTCLR (Zhu et al. 2023): relative tempo views, two positives, margin-ranking of tempo, DC branch; + snippet term."
@@ -518,8 +519,7 @@ class CrosSCLR(Pretext):
                                             for i, s in enumerate(streams[1:])})
         self.config.update(streams=list(streams), cross_epoch=cross_epoch, context=context, shared_head=shared_head,
                            official_momentum=official_momentum)
-        if self.init == 'official':
-            for m in (self.encoder_q, self.encoder_k, self.stream_q, self.stream_k): official_init(m)
+        self.finish_init()
 
     def _pair(self, s:str) -> tuple: # (query encoder, key encoder, queue) of stream s
         if s == self.streams[0]: return self.encoder_q, self.encoder_k, self.queue
@@ -542,8 +542,8 @@ def forward(self:CrosSCLR, x:Tensor, g:torch.Generator|None=None, epoch:int=0) -
     neg = {s: q[s]['z'] @ queues[s].detach().to(q[s]['z'].dtype).t() for s in self.streams}
     parts = {}
     for a in self.streams:
-        if not self.cross(epoch) or len(self.streams) == 1:
-            parts[a] = info_nce(moco_logits(q[a]['z'], k[a]['z'], queues[a], self.temperature))
+        if not self.cross(epoch) or len(self.streams) == 1:          # SkeletonCLR per stream: [positive, queue] / T
+            parts[a] = info_nce(torch.cat([(q[a]['z'] * k[a]['z']).sum(1, keepdim=True), neg[a]], 1) / self.temperature)
             continue
         losses = [info_nce(*ckm_logits_mask(q[a]['z'], k[a]['z'], neg[a], neg[b], self.temperature, self.topk, self.context))
                   for b in self.streams if b != a]

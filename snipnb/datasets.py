@@ -12,7 +12,7 @@ import numpy as np
 from fastcore.basics import patch
 from tqdm.auto import tqdm
 from .config import get_setting, get_settings
-from .fileio import remove_stale, writer_lock
+from .fileio import remove_stale, writer_lock, no_space
 from .skeleton import Sequence, labels_to_segments
 
 # %% auto #0
@@ -147,10 +147,9 @@ def _write_cache(sequences, tmp:Path, path:Path, name, class_names, num_persons,
     except BaseException as e:
         _close_quietly(frames); _close_quietly(labels)
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-            raise OSError(errno.ENOSPC, f"no space left on {path.parent} while building the {name} cache {path.name}; "
-                          f"the partial cache was removed. Free space there, or set cache_dir (settings.ini or "
-                          f"SNIPNB_CACHE_DIR) to a folder with room") from e
+        err = no_space(e, path.parent, f"the {name} cache {path.name}", "the partial cache was removed. Free space there, "
+                       "or set cache_dir (settings.ini or SNIPNB_CACHE_DIR) to a folder with room")
+        if err is not e: raise err from e
         raise
 
 # %% ../nbs/04_datasets.ipynb #652d0cc8

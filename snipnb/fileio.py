@@ -6,12 +6,12 @@ Docs: https://snipnb.github.io/snipnb/io.html.md"""
 
 # %% ../nbs/00_io.ipynb #421cfb0a
 from __future__ import annotations
-import contextlib, os, shutil, time
+import contextlib, errno, os, shutil, time
 from pathlib import Path
 from filelock import FileLock, Timeout
 
 # %% auto #0
-__all__ = ['write_atomic', 'pid_alive', 'writer_lock', 'is_stale', 'remove_stale']
+__all__ = ['write_atomic', 'no_space', 'pid_alive', 'writer_lock', 'is_stale', 'remove_stale']
 
 # %% ../nbs/00_io.ipynb #72d9aa28
 def write_atomic(path:str|Path, # the file to write
@@ -31,6 +31,16 @@ def write_atomic(path:str|Path, # the file to write
         with contextlib.suppress(OSError): tmp.unlink(missing_ok=True)
         raise
     return path
+
+# %% ../nbs/00_io.ipynb #13d4d3b3
+def no_space(e:BaseException, # the error a write raised
+             folder:str|Path, # where it was writing
+             what:str, # what it was writing
+             then:str='free some space there, then try again', # what the reader should do
+            ) -> BaseException: # an OSError naming the folder, or `e` itself
+    "A full disk or quota said in words, naming the folder; any other error unchanged."
+    if not isinstance(e, OSError) or e.errno not in (errno.ENOSPC, errno.EDQUOT): return e
+    return OSError(e.errno, f"no space left on {folder} while writing {what}; {then}")
 
 # %% ../nbs/00_io.ipynb #cb59b112
 def pid_alive(pid:str|int) -> bool:

@@ -17,7 +17,7 @@ from .datasets import Corpus, load_corpus, window_starts, clip_tensor
 from .backbones import SkeletonBackbone, build_backbone
 from .ufusion import build_localizer, Localizer
 from .train import (Trainer, TrainConfig, load_checkpoint, save_checkpoint, pretrained_backbone, CheckpointError,
-                          is_main_process)
+                          is_main_process, positive_int)
 from .contrastive import upcast
 
 # %% auto #0
@@ -371,13 +371,6 @@ def eval_split(corpus:Corpus) -> str:
     "The evaluation split: 'test' when the dataset has one, else 'val'."
     return 'test' if 'test' in corpus.split_names else 'val'
 
-def _positive_int(name:str, value, allow_none:bool=False):
-    "Refuse `value` unless it is a positive integer (or None, when `allow_none`)."
-    if value is None and allow_none: return value
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer{' or None (whole sequences)' if allow_none else ''}, got {value!r}")
-    return value
-
 def _padding_share(corpus:Corpus, clip_len:int, stride:int) -> float:
     "Fraction of the frames of `corpus.windows(clip_len, stride)` clips that lie past their recording's end (zero padding)."
     win = corpus.windows(clip_len, stride)
@@ -414,12 +407,10 @@ def fit_localizer(dataset:str='synthetic', # a load_corpus name: 'synthetic', 'b
     if not (isinstance(label_fraction, (int, float, np.integer, np.floating)) and 0 < label_fraction <= 1):
         raise ValueError(f"label_fraction must be in (0, 1], got {label_fraction!r}")
     if select == 'best_val' and not 0 < val_fraction < 1: raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
-    _positive_int('knn_k', knn_k)
+    positive_int('knn_k', knn_k)
     lr = 1e-4 if protocol in ('finetune', 'scratch') and ufusion else 1e-3
     cfg = TrainConfig(**{'optimizer': 'adam', 'lr': lr, 'weight_decay': 1e-4, 'batch_size': 8, 'epochs': 40,
                          'steps': (30, 35), 'warmup_epochs': 10, 'clip_len': 150, **train_options})
-    _positive_int('epochs', cfg.epochs); _positive_int('batch_size', cfg.batch_size)
-    _positive_int('clip_len', cfg.clip_len, allow_none=True); _positive_int('stride', cfg.stride, allow_none=True)
     corpus = load_corpus(dataset, progress=progress, **(corpus_options or {}))
     if subset is not None:
         from snipnb.synthetic import SYNTHETIC_SUBSETS

@@ -6,7 +6,7 @@ Docs: https://snipnb.github.io/snipnb/train.html.md"""
 
 # %% ../nbs/09_train.ipynb #a4e70f18
 from __future__ import annotations
-import contextlib, csv, numbers, errno, inspect, io, itertools, json, math, os, time, warnings
+import contextlib, csv, numbers, inspect, io, itertools, json, math, os, time, warnings
 from dataclasses import dataclass, field, asdict, fields
 from pathlib import Path
 from typing import Callable
@@ -15,14 +15,24 @@ import torch.distributed as dist
 from fastcore.basics import patch
 from tqdm.auto import tqdm
 from .config import get_device, get_setting
-from .fileio import remove_stale, write_atomic
+from .fileio import remove_stale, write_atomic, no_space
 
 # %% auto #0
-__all__ = ['RESUMABLE_FIELDS', 'TrainConfig', 'train_config_differences', 'lr_factor', 'build_optimizer', 'CheckpointError',
-           'save_checkpoint', 'load_checkpoint', 'init_distributed', 'is_main_process', 'check_writable', 'Trainer',
-           'pretrain_step', 'pretrain_splits', 'run_name', 'pretrain', 'pretrained_backbone']
+__all__ = ['RESUMABLE_FIELDS', 'positive_int', 'TrainConfig', 'train_config_differences', 'lr_factor', 'build_optimizer',
+           'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'init_distributed', 'is_main_process',
+           'check_writable', 'Trainer', 'pretrain_step', 'pretrain_splits', 'run_name', 'pretrain',
+           'pretrained_backbone']
 
 # %% ../nbs/09_train.ipynb #f743ec52
+def positive_int(name:str, value, # the option and its value
+                 none:str|None=None, # what None means, where None is allowed
+                ):
+    "Refuse `value` unless it is a positive integer (or None, where `none` says what None means)."
+    if value is None and none is not None: return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer" + (f" or None ({none})" if none else '') + f", got {value!r}")
+    return value
+
 @dataclass
 class TrainConfig:
     "Everything that defines a training run (plain values: stored in checkpoints and logs)."
@@ -51,12 +61,9 @@ class TrainConfig:
     device: str|None = None             # None: the `device` setting ('auto')
 
     def __post_init__(self):
-        for f in ('epochs', 'batch_size', 'clip_len', 'stride', 'max_steps', 'checkpoint_every', 'checkpoint_every_steps'):
-            v = getattr(self, f)
-            if v is None and f != 'epochs' and f != 'batch_size': continue
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-                none = {'clip_len': ' or None (whole sequences)'}.get(f, '' if f in ('epochs', 'batch_size') else ' or None')
-                raise ValueError(f"TrainConfig: {f} must be a positive integer{none}, got {v!r}")
+        for f in ('epochs', 'batch_size', 'checkpoint_every'): positive_int(f, getattr(self, f))
+        for f, none in (('clip_len', 'whole sequences'), ('stride', 'clip_len'), ('max_steps', 'all'),
+                        ('checkpoint_every_steps', 'never')): positive_int(f, getattr(self, f), none)
         if not (math.isfinite(self.lr) and self.lr > 0): raise ValueError(f"TrainConfig: lr must be a positive number, got {self.lr!r}")
 
     def to_dict(self) -> dict: return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -109,12 +116,6 @@ def build_optimizer(params, cfg:TrainConfig) -> torch.optim.Optimizer:
 class CheckpointError(ValueError):
     "A checkpoint that cannot be used (truncated, not a snipnb checkpoint, another configuration)."
 
-def _no_space(e:OSError, folder:Path, what:str) -> OSError:
-    "A full disk (or quota) said in words, naming the folder; any other error unchanged."
-    if getattr(e, 'errno', None) not in (errno.ENOSPC, errno.EDQUOT): return e
-    return OSError(e.errno, f"no space left on {folder} while writing {what}; nothing was half-written: "
-                            f"free some space there, then resume")
-
 def save_checkpoint(path:str|Path, state:dict):
     "Write `state` atomically (temporary file, synced, then rename); partial files of killed writers are removed."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
@@ -122,7 +123,8 @@ def save_checkpoint(path:str|Path, state:dict):
     data = io.BytesIO(); torch.save(state, data)            # in memory: torch's file writer hides ENOSPC in an 'enforce fail'
     try: write_atomic(path, data.getbuffer(), fsync=True)
     except OSError as e:
-        err = _no_space(e, path.parent, f'checkpoint {path.name} ({data.tell()} bytes)')
+        err = no_space(e, path.parent, f'checkpoint {path.name} ({data.tell()} bytes)',
+                       'nothing was half-written: free some space there, then resume')
         if err is e: raise
         raise err from e
 
@@ -298,7 +300,7 @@ def log(self:Trainer, row:dict):
         with open(self.out_dir/'metrics.jsonl', 'a') as f: f.write(json.dumps(row) + '\n')
         _write_metrics_csv(self.out_dir/'metrics.csv', self.history, row)
     except OSError as e:
-        err = _no_space(e, self.out_dir, 'the training logs')
+        err = no_space(e, self.out_dir, 'the training logs')
         if err is e: raise
         raise err from e
     if getattr(self, '_tb', None) is None:
