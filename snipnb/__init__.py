@@ -19,7 +19,8 @@ from .backbones import build_backbone
 from .ufusion import build_localizer
 from .augment import get_augment
 from .contrastive import build_pretext, preset_config, PRESETS
-from .train import Trainer, TrainConfig, pretrain, pretrained_backbone
+from .train import Trainer, TrainConfig, pretrained_backbone
 from . import metrics
-from .protocols import localize, fit_localizer, evaluate, predict_probs, load_localizer
+from .protocols import localize, predict_probs, load_localizer
+from .experiments import pretrain, fit_localizer, evaluate, run_localization
 from .viz import skeleton_figure, timeline_figure, Explorer, save_html

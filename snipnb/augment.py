@@ -30,6 +30,7 @@ def _check(x:torch.Tensor, g:torch.Generator|None, dims:int=5):
         raise ValueError(f"the generator is on {g.device} but the batch is on {x.device}: "
                          f"use torch.Generator(device=x.device)")
 
+# %% ../nbs/07_augment.ipynb #540e8ee0
 def _uniform(shape, low, high, g, device) -> torch.Tensor:
     "U(low, high) float32 of `shape`."
     return low + (high - low) * torch.rand(shape, generator=g, device=device)
@@ -42,6 +43,7 @@ def _per_sample(mask:torch.Tensor) -> torch.Tensor:
     "(N,) -> (N, 1, 1, 1, 1), to broadcast against a batch."
     return mask.view(-1, 1, 1, 1, 1)
 
+# %% ../nbs/07_augment.ipynb #91ada33e
 def _linear(x:torch.Tensor, R:torch.Tensor) -> torch.Tensor:
     "Apply a per-sample (N, C, C) matrix to the coordinates: out[n, :, t, v, m] = R[n] @ x[n, :, t, v, m]."
     return torch.einsum('nij,njtvm->nitvm', R, x.float()).to(x.dtype)
@@ -66,6 +68,7 @@ def mirror_index(num_frames:int, # T, the clip length
     p = torch.arange(num_frames + 2 * pad, device=device)
     return torch.where(p < pad, pad - 1 - p, torch.where(p < pad + num_frames, p - pad, 2 * num_frames + pad - 1 - p))
 
+# %% ../nbs/07_augment.ipynb #3373674b
 def temporal_crop(x:torch.Tensor, # (N, C, T, V, M) batch
                   g:torch.Generator|None=None, # on x's device; None: the default generator
                   padding_ratio:int=6, # pad T // padding_ratio frames at each end
@@ -90,6 +93,7 @@ def rotation_matrices(angles:torch.Tensor, # (N, 3) angles in radians about x, y
     Rz = mat((c[2], s[2], zero), (-s[2], c[2], zero), (zero, zero, one))
     return Rz @ Ry @ Rx
 
+# %% ../nbs/07_augment.ipynb #e0c1b54f
 def rotate(x:torch.Tensor, # (N, C, T, V, M) batch, C = 3 (or 2: turned about z only)
            angles:torch.Tensor, # (N, 3) radians about x, y, z
           ) -> torch.Tensor:
@@ -110,6 +114,7 @@ def random_rotate(x:torch.Tensor, # (N, C, T, V, M) batch, C = 3 (or 2)
     _check(x, g)
     return rotate(x, _uniform((x.shape[0], 3), -max_angle, max_angle, g, x.device))
 
+# %% ../nbs/07_augment.ipynb #77c5e5e2
 def aimclr_rotate(x:torch.Tensor, # (N, C, T, V, M) batch, C = 3 (or 2)
                   g:torch.Generator|None=None, # on x's device; None: the default generator
                   main_angle:float=math.radians(30), # the main axis turns by U(0, main_angle)
@@ -145,6 +150,20 @@ def gaussian_kernels(sigma:torch.Tensor, # (N,) standard deviations, in frames
     w = torch.exp(-k**2 / (2 * sigma.float()[:, None]**2))
     return w / w.sum(-1, keepdim=True) if normalize else w
 
+# %% ../nbs/07_augment.ipynb #54236b48
+def _blur_time(x:torch.Tensor, # (N, C, T, V, M) batch
+               w:torch.Tensor, # (N, K) one kernel per sample
+               padding:str='replicate', # 'replicate', 'reflect' or 'zeros'
+              ) -> torch.Tensor: # float32 (N, C, T, V, M)
+    "Convolve every trajectory with its sample's kernel: one depthwise `conv1d` for the whole batch."
+    N, C, T, V, M = x.shape
+    h = x.float().permute(0, 1, 3, 4, 2).reshape(1, N * C * V * M, T)                # one channel per trajectory
+    r = w.shape[-1] // 2
+    h = F.pad(h, (r, r), mode='constant' if padding == 'zeros' else padding)
+    h = F.conv1d(h, w.repeat_interleave(C * V * M, 0)[:, None], groups=N * C * V * M)
+    return h.view(N, C, V, M, T).permute(0, 1, 4, 2, 3)
+
+# %% ../nbs/07_augment.ipynb #d214f45c
 def gaussian_blur(x:torch.Tensor, # (N, C, T, V, M) batch
                   g:torch.Generator|None=None, # on x's device; None: the default generator
                   kernel_size:int=15, # odd number of taps
@@ -155,15 +174,10 @@ def gaussian_blur(x:torch.Tensor, # (N, C, T, V, M) batch
                  ) -> torch.Tensor:
     "Smooth each sample's trajectories in time with its own Gaussian kernel, with probability p."
     _check(x, g)
-    N, C, T, V, M = x.shape
+    N = x.shape[0]
     s = _uniform(N, sigma[0], sigma[1], g, x.device)
     apply = _per_sample(_coin(N, p, g, x.device))
-    w = gaussian_kernels(s, kernel_size, normalize)                                   # (N, K)
-    h = x.float().permute(0, 1, 3, 4, 2).reshape(1, N * C * V * M, T)                # one channel per trajectory
-    r = kernel_size // 2
-    h = F.pad(h, (r, r), mode='constant' if padding == 'zeros' else padding)
-    h = F.conv1d(h, w.repeat_interleave(C * V * M, 0)[:, None], groups=N * C * V * M)
-    out = h.view(N, C, V, M, T).permute(0, 1, 4, 2, 3)
+    out = _blur_time(x, gaussian_kernels(s, kernel_size, normalize), padding)
     return torch.where(apply, out, x.float()).to(x.dtype)
 
 # %% ../nbs/07_augment.ipynb #ef434fa0
@@ -188,6 +202,7 @@ def random_joint_mask(n:int, # samples
     order = torch.rand((n, num_joints), generator=g, device=device).argsort(1)
     return torch.zeros((n, num_joints), dtype=torch.bool, device=device).scatter(1, order[:, :k], True)
 
+# %% ../nbs/07_augment.ipynb #b4f4bb75
 def mask_joints(x:torch.Tensor, # (N, C, T, V, M) batch
                 g:torch.Generator|None=None, # on x's device; None: the default generator
                 ratio:float=0.2, # fraction of the joints zeroed
@@ -209,6 +224,7 @@ def part_membership(layout:str|Layout='ntu25', # a layout with `parts`
     for i, joints in enumerate(lay.parts.values()): member[i, list(joints)] = True
     return tuple(lay.parts), member
 
+# %% ../nbs/07_augment.ipynb #f5a37f95
 def random_part_mask(n:int, # samples
                      layout:str|Layout='ntu25', # whose `parts` are masked
                      g:torch.Generator|None=None, device=None) -> torch.Tensor: # (n, V) bool, True = masked
@@ -216,6 +232,7 @@ def random_part_mask(n:int, # samples
     _, member = part_membership(layout, device)
     return member[torch.randint(0, len(member), (n,), generator=g, device=device)]
 
+# %% ../nbs/07_augment.ipynb #2ae5a2e8
 def mask_body_part(x:torch.Tensor, # (N, C, T, V, M) batch
                    g:torch.Generator|None=None, # on x's device; None: the default generator
                    layout:str|Layout='ntu25', # the joint layout of x
@@ -265,6 +282,7 @@ def slow_view(x:torch.Tensor, # (N, C, T, V, M) batch
     T = x.shape[2]
     return x.index_select(2, torch.arange(T // factor, device=x.device))
 
+# %% ../nbs/07_augment.ipynb #951ad25e
 def fast_view(x:torch.Tensor, # (N, C, T, V, M) batch
               factor:int=2, # tempo ratio (RVTCLR: 2)
              ) -> torch.Tensor: # (N, C, T // factor, V, M)
@@ -280,6 +298,7 @@ class TempoViews(NamedTuple):
     key_other: torch.Tensor  # the key view at the opposite tempo (RVTCLR's `im_k_negative`)
     fast: torch.Tensor       # (N,) bool: True where the query is the fast view
 
+# %% ../nbs/07_augment.ipynb #1806ec86
 def relative_tempo(query:torch.Tensor, # (N, C, T, V, M) query view
                    key:torch.Tensor, # (N, C, T, V, M) key view of the same clips
                    g:torch.Generator|None=None, # on the batch's device; None: the default generator
@@ -300,6 +319,7 @@ def _show(v):
     if isinstance(v, Layout): return repr(v.name)
     return format(v, '.6g') if isinstance(v, float) and len(repr(v)) > 10 else repr(v)   # 0.523599, not 0.5235987755982988
 
+# %% ../nbs/07_augment.ipynb #20bf1c09
 @dataclass
 class Step:
     "One augmentation `fn(x, g, **params)` with every parameter recorded."
@@ -315,6 +335,7 @@ class Step:
     def __call__(self, x:torch.Tensor, g:torch.Generator|None=None) -> torch.Tensor: return self.fn(x, g, **self.params)
     def __repr__(self): return f"{self.fn.__name__}({', '.join(f'{k}={_show(v)}' for k, v in self.params.items())})"
 
+# %% ../nbs/07_augment.ipynb #6854f8c4
 def step(fn:Callable, # an augmentation fn(x, g, ...)
          **params) -> Step:
     "A `Step`: `fn` with these parameters (the others at their defaults)."
@@ -340,6 +361,7 @@ class Augment:
         if not self.steps: return f"{head}: identity"
         return head + ':\n' + '\n'.join(f"  {i}. {s}" for i, s in enumerate(self.steps, 1))
 
+# %% ../nbs/07_augment.ipynb #7d1f9fc3
 def compose(*steps, name:str='') -> Augment:
     "An `Augment` of these steps (`Step`s or functions)."
     return Augment(*steps, name=name)
@@ -359,6 +381,7 @@ AUGMENT_PRESETS['aimclr_extreme'] = AUGMENT_PRESETS['strong']   # the earlier na
 AUGMENT_PRESETS['aimclr_official'] = tuple(step(spatial_flip, p=0.5, lateral_axis=None) if s.fn is spatial_flip else s
                                            for s in AUGMENT_PRESETS['aimclr'])   # AimCLR's flip swaps joints only
 
+# %% ../nbs/07_augment.ipynb #39789aea
 def get_augment(name:str|Augment, # a preset name (`AUGMENT_PRESETS`) or an `Augment`
                ) -> Augment:
     "A named augmentation pipeline."

@@ -14,9 +14,9 @@ from .skeleton import Graph, Layout, LAYOUT_BY_JOINTS, resolve_layout
 
 # %% auto #0
 __all__ = ['BLOCK_TYPES', 'STANDARD_CHANNELS', 'QUARTER_CHANNELS', 'BACKBONES', 'REFERENCE_PARAMS', 'UNIK_UNUSED_BIAS',
-           'count_parameters', 'shortcut', 'STGCNBlock', 'AdaptiveGraphConv', 'AGCNBlock', 'conv_length',
-           'SkeletonBackbone', 'build_backbone', 'backbone_state', 'config_diff', 'load_backbone_state',
-           'backbone_from_state']
+           'count_parameters', 'shortcut', 'STGCNBlock', 'AdaptiveGraphConv', 'AGCNBlock', 'conv_length', 'block_table',
+           'backbone_layout', 'backbone_config', 'data_bn_layer', 'make_block', 'SkeletonBackbone', 'build_backbone',
+           'backbone_state', 'config_diff', 'load_backbone_state', 'backbone_from_state']
 
 # %% ../nbs/05_backbones.ipynb #f0e85ed9
 def count_parameters(model:nn.Module, # any module
@@ -49,14 +49,16 @@ class STGCNBlock(nn.Module):
             nn.BatchNorm2d(out_channels), nn.Dropout(dropout))
         self.residual = shortcut(in_channels, out_channels, stride, residual)
 
-    def forward(self, x:Tensor, # (N, C_in, T, V)
-                A:Tensor, # (K, V, V) partition matrices
-               ) -> Tensor: # (N, C_out, T_out, V)
-        if self.edge_importance is not None: A = A * self.edge_importance
-        n, _, t, v = x.shape
-        y = self.gcn(x).view(n, A.shape[0], -1, t, v)
-        y = self.tcn(torch.einsum('nkctv,kvw->nctw', y, A))
-        return F.relu(y if self.residual is None else y + self.residual(x))
+# %% ../nbs/05_backbones.ipynb #6f77ee74
+@patch
+def forward(self:STGCNBlock, x:Tensor, # (N, C_in, T, V)
+            A:Tensor, # (K, V, V) partition matrices
+           ) -> Tensor: # (N, C_out, T_out, V)
+    if self.edge_importance is not None: A = A * self.edge_importance
+    n, _, t, v = x.shape
+    y = self.gcn(x).view(n, A.shape[0], -1, t, v)
+    y = self.tcn(torch.einsum('nkctv,kvw->nctw', y, A))
+    return F.relu(y if self.residual is None else y + self.residual(x))
 
 # %% ../nbs/05_backbones.ipynb #b75f570d
 def _conv_init(conv):
@@ -66,6 +68,7 @@ def _conv_init(conv):
 def _bn_init(bn, scale):
     nn.init.constant_(bn.weight, scale); nn.init.zeros_(bn.bias)
 
+# %% ../nbs/05_backbones.ipynb #421f2de7
 class AdaptiveGraphConv(nn.Module):
     "2s-AGCN's adaptive graph unit (A + B + data-dependent C); with `prior=False`, UNIK's S_LSU (learned W + attention)."
     def __init__(self, in_channels:int, out_channels:int,
@@ -91,18 +94,20 @@ class AdaptiveGraphConv(nn.Module):
         # the reference's conv_branch_init: N(0, 2 / (C_out * C_in * K)) for each branch's conv_d
         nn.init.normal_(self.conv_d.weight, 0, math.sqrt(2. / (out_channels * in_channels * num_subsets)))
 
-    def forward(self, x:Tensor, # (N, C_in, T, V)
-                A:Tensor|None=None, # (K, V, V) prior graph (2s-AGCN); None for UNIK
-               ) -> Tensor: # (N, C_out, T, V)
-        n, c, t, v = x.shape
-        k, ce = self.num_subsets, self.inter_channels
-        theta = self.conv_a(x).view(n, k, ce, t, v)
-        phi = self.conv_b(x).view(n, k, ce, t, v)
-        attention = (torch.einsum('nkctv,nkctw->nkvw', theta, phi) / (ce * t)).softmax(dim=-2)
-        graph = attention + (self.B + A if self.prior else self.B)
-        y = torch.einsum('nctv,nkvw->nkctw', x, graph).reshape(n, k * c, t, v)
-        y = self.conv_d(y) + self.conv_d_bias.sum(0).view(1, -1, 1, 1)
-        return F.relu(self.bn(y) + self.down(x))
+# %% ../nbs/05_backbones.ipynb #10276b30
+@patch
+def forward(self:AdaptiveGraphConv, x:Tensor, # (N, C_in, T, V)
+            A:Tensor|None=None, # (K, V, V) prior graph (2s-AGCN); None for UNIK
+           ) -> Tensor: # (N, C_out, T, V)
+    n, c, t, v = x.shape
+    k, ce = self.num_subsets, self.inter_channels
+    theta = self.conv_a(x).view(n, k, ce, t, v)
+    phi = self.conv_b(x).view(n, k, ce, t, v)
+    attention = (torch.einsum('nkctv,nkctw->nkvw', theta, phi) / (ce * t)).softmax(dim=-2)
+    graph = attention + (self.B + A if self.prior else self.B)
+    y = torch.einsum('nctv,nkvw->nkctw', x, graph).reshape(n, k * c, t, v)
+    y = self.conv_d(y) + self.conv_d_bias.sum(0).view(1, -1, 1, 1)
+    return F.relu(self.bn(y) + self.down(x))
 
 # %% ../nbs/05_backbones.ipynb #e2ce979b
 class AGCNBlock(nn.Module):
@@ -120,9 +125,11 @@ class AGCNBlock(nn.Module):
             if isinstance(m, nn.Conv2d): _conv_init(m)
             elif isinstance(m, nn.BatchNorm2d): _bn_init(m, 1)
 
-    def forward(self, x:Tensor, A:Tensor|None=None) -> Tensor:
-        y = self.tcn(self.gcn(x, A))
-        return F.relu(y if self.residual is None else y + self.residual(x))
+# %% ../nbs/05_backbones.ipynb #07dbe57b
+@patch
+def forward(self:AGCNBlock, x:Tensor, A:Tensor|None=None) -> Tensor:
+    y = self.tcn(self.gcn(x, A))
+    return F.relu(y if self.residual is None else y + self.residual(x))
 
 # %% ../nbs/05_backbones.ipynb #10f318e5
 BLOCK_TYPES = {'stgcn': STGCNBlock, 'agcn': AGCNBlock, 'unik': AGCNBlock}
@@ -132,6 +139,54 @@ def conv_length(length:int, stride:int=1, kernel_size:int=9) -> int:
     pad = (kernel_size - 1) // 2
     return (length + 2 * pad - kernel_size) // stride + 1
 
+# %% ../nbs/05_backbones.ipynb #926cd147
+def block_table(channels, # output width of each block
+                strides, # 1-based blocks with temporal stride 2
+               ) -> tuple: # (channels, strides) as int tuples, strides sorted
+    "The block table, checked."
+    channels, strides = tuple(int(c) for c in channels), tuple(sorted(int(s) for s in strides))
+    if any(not 1 <= s <= len(channels) for s in strides):
+        raise ValueError(f"strides {strides} must be 1-based block numbers in 1..{len(channels)}")
+    return channels, strides
+
+# %% ../nbs/05_backbones.ipynb #4993ce21
+def backbone_layout(block:str, layout:str|Layout|None, num_joints:int|None) -> tuple:
+    "(layout or None, joint count) of a backbone."
+    if block == 'unik' and layout is None and num_joints is not None and num_joints not in LAYOUT_BY_JOINTS:
+        return None, num_joints   # UNIK has no skeleton prior: any joint count will do
+    lay = resolve_layout(layout, num_joints)
+    return lay, lay.num_joints if lay is not None else num_joints
+
+# %% ../nbs/05_backbones.ipynb #e88ffe92
+def backbone_config(block, channels, strides, in_channels, layout, num_joints, num_persons, data_bn, graph,
+                    kernel_size, num_heads, dropout, edge_importance, name=None) -> dict:
+    "The plain dict that rebuilds a backbone (see `SkeletonBackbone` for the arguments)."
+    config = dict(name=name or block, block=block, channels=list(channels), strides=list(strides),
+                  in_channels=in_channels, layout=layout, num_joints=num_joints, num_persons=num_persons,
+                  data_bn=data_bn, graph=graph if block != 'unik' else None, kernel_size=kernel_size)
+    if block == 'unik': config['num_heads'] = num_heads
+    if block == 'stgcn': config.update(dropout=dropout, edge_importance=edge_importance)
+    return config
+
+# %% ../nbs/05_backbones.ipynb #ecb6c969
+def data_bn_layer(data_bn:str|None, in_channels:int, num_joints:int, num_persons:int) -> nn.BatchNorm1d|None:
+    "BatchNorm1d over C*V ('vc') or M*V*C ('mvc') channels, or None."
+    width = {'vc': in_channels * num_joints, 'mvc': num_persons * in_channels * num_joints}.get(data_bn)
+    return nn.BatchNorm1d(width) if width else None
+
+# %% ../nbs/05_backbones.ipynb #e217be70
+def make_block(block:str, i:int, # block type and 1-based block number
+               in_channels:int, out_channels:int, stride:int, A:Tensor|None, num_joints:int,
+               kernel_size:int=9, num_heads:int=3, dropout:float=0., edge_importance:bool=True) -> nn.Module:
+    "One block of a `SkeletonBackbone` table."
+    if block == 'stgcn':
+        return STGCNBlock(in_channels, out_channels, A.shape[0], num_joints, stride, i > 1, kernel_size,
+                          dropout if i > 1 else 0., edge_importance)
+    # UNIK's l1 = ST_block(in_channels, 64, num_joints, tau, residual=False) leaves num_heads at its default, 3
+    heads = A.shape[0] if block == 'agcn' else (num_heads if i > 1 else 3)
+    return AGCNBlock(in_channels, out_channels, heads, num_joints, stride, i > 1, kernel_size, prior=block == 'agcn')
+
+# %% ../nbs/05_backbones.ipynb #75b090a0
 class SkeletonBackbone(nn.Module):
     "Headless skeleton GCN: data BN, then a table of blocks; returns per-block features and a pooled embedding."
     def __init__(self,
@@ -151,50 +206,35 @@ class SkeletonBackbone(nn.Module):
                  name:str|None=None): # registry name, recorded in `config`
         super().__init__()
         if block not in BLOCK_TYPES: raise ValueError(f"unknown block type {block!r}; use one of {list(BLOCK_TYPES)}")
-        channels, strides = tuple(int(c) for c in channels), tuple(sorted(int(s) for s in strides))
-        if any(not 1 <= s <= len(channels) for s in strides):
-            raise ValueError(f"strides {strides} must be 1-based block numbers in 1..{len(channels)}")
+        channels, strides = block_table(channels, strides)
         if data_bn not in ('vc', 'mvc', None): raise ValueError(f"data_bn must be 'vc', 'mvc' or None, not {data_bn!r}")
-        if block == 'unik' and layout is None and num_joints is not None and num_joints not in LAYOUT_BY_JOINTS:
-            lay = None   # UNIK has no skeleton prior: any joint count will do
-        else: lay = resolve_layout(layout, num_joints)
-        V = lay.num_joints if lay is not None else num_joints
-        self.config = dict(name=name or block, block=block, channels=list(channels), strides=list(strides),
-                           in_channels=in_channels, layout=lay.name if lay is not None else None, num_joints=V,
-                           num_persons=num_persons, data_bn=data_bn, graph=graph if block != 'unik' else None,
-                           kernel_size=kernel_size)
-        if block == 'unik': self.config['num_heads'] = num_heads
-        if block == 'stgcn': self.config.update(dropout=dropout, edge_importance=edge_importance)
+        lay, V = backbone_layout(block, layout, num_joints)
+        self.config = backbone_config(block, channels, strides, in_channels, lay.name if lay is not None else None, V,
+                                      num_persons, data_bn, graph, kernel_size, num_heads, dropout, edge_importance, name)
         self.channels, self.strides, self.in_channels, self.num_joints = channels, strides, in_channels, V
         self.num_persons, self.data_bn_mode, self.kernel_size = num_persons, data_bn, kernel_size
         A = torch.from_numpy(Graph(lay, graph).A) if block != 'unik' else None
         self.register_buffer('A', A)
-        bn_width = {'vc': in_channels * V, 'mvc': num_persons * in_channels * V}.get(data_bn)
-        self.data_bn = nn.BatchNorm1d(bn_width) if bn_width else None
-        blocks, c_in = [], in_channels
-        for i, c_out in enumerate(channels, 1):
-            stride, residual = 2 if i in strides else 1, i > 1
-            if block == 'stgcn':
-                blk = STGCNBlock(c_in, c_out, A.shape[0], V, stride, residual, kernel_size,
-                                 dropout if i > 1 else 0., edge_importance)
-            else:
-                # UNIK's l1 = ST_block(in_channels, 64, num_joints, tau, residual=False) leaves num_heads at its default, 3
-                heads = A.shape[0] if block == 'agcn' else (num_heads if i > 1 else 3)
-                blk = AGCNBlock(c_in, c_out, heads, V, stride, residual, kernel_size, prior=block == 'agcn')
-            blocks.append(blk); c_in = c_out
-        self.blocks = nn.ModuleList(blocks)
-
-    @property
-    def num_blocks(self) -> int: return len(self.blocks)
-
-    def lengths(self, T:int) -> list:
-        "Output length of every block for input length `T`."
-        out = []
-        for i in range(1, self.num_blocks + 1):
-            T = conv_length(T, 2 if i in self.strides else 1, self.kernel_size); out.append(T)
-        return out
+        self.data_bn = data_bn_layer(data_bn, in_channels, V, num_persons)
+        widths = (in_channels, *channels)
+        self.blocks = nn.ModuleList(make_block(block, i, widths[i - 1], widths[i], 2 if i in strides else 1, A, V,
+                                               kernel_size, num_heads, dropout, edge_importance)
+                                    for i in range(1, len(channels) + 1))
 
     def __repr__(self): return f"SkeletonBackbone({self.config})"
+
+# %% ../nbs/05_backbones.ipynb #06ff0682
+@patch(as_prop=True)
+def num_blocks(self:SkeletonBackbone) -> int: return len(self.blocks)
+
+# %% ../nbs/05_backbones.ipynb #561aa475
+@patch
+def lengths(self:SkeletonBackbone, T:int) -> list:
+    "Output length of every block for input length `T`."
+    out = []
+    for i in range(1, self.num_blocks + 1):
+        T = conv_length(T, 2 if i in self.strides else 1, self.kernel_size); out.append(T)
+    return out
 
 # %% ../nbs/05_backbones.ipynb #6b75ce30
 @patch
@@ -213,6 +253,7 @@ def fold(self:SkeletonBackbone, x:Tensor) -> Tensor:
     else: return x.permute(0, 4, 1, 2, 3).reshape(N * M, C, T, V)
     return x.view(N, M, V, C, T).permute(0, 1, 3, 4, 2).reshape(N * M, C, T, V)
 
+# %% ../nbs/05_backbones.ipynb #131f0172
 @patch
 def forward(self:SkeletonBackbone,
             x:Tensor, # (N, C, T, V, M) skeleton batch
@@ -239,6 +280,7 @@ BACKBONES = {
     'unik':    dict(block='unik', channels=STANDARD_CHANNELS, data_bn='mvc', num_heads=3),
 }
 
+# %% ../nbs/05_backbones.ipynb #458d7631
 def build_backbone(name:str='stgcn', # 'stgcn', 'stgcn16', 'agcn' or 'unik'
                    **options) -> SkeletonBackbone: # any `SkeletonBackbone` argument (strides, in_channels, layout, ...)
     "A headless backbone from its name and options."
@@ -259,10 +301,12 @@ def backbone_state(model:SkeletonBackbone) -> dict:
     "{'config': ..., 'state_dict': ...}: what a checkpoint stores for a backbone (safe for `weights_only` loading)."
     return {'config': dict(model.config), 'state_dict': model.state_dict()}
 
+# %% ../nbs/05_backbones.ipynb #517a7fa3
 def config_diff(a:dict, b:dict) -> dict:
     "{key: (a's value, b's value)} for the keys where two configurations differ."
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
+# %% ../nbs/05_backbones.ipynb #beaa8114
 def load_backbone_state(model:SkeletonBackbone, state:dict, # from `backbone_state`
                         strict:bool=True) -> SkeletonBackbone:
     "Load `state` into `model` after checking that both have the same configuration."
@@ -275,6 +319,7 @@ def load_backbone_state(model:SkeletonBackbone, state:dict, # from `backbone_sta
     model.load_state_dict(state['state_dict'], strict=strict)
     return model
 
+# %% ../nbs/05_backbones.ipynb #194f6aa9
 def backbone_from_state(state:dict) -> SkeletonBackbone:
     "A new backbone built from a state's configuration, with its weights."
     cfg = dict(state['config']); name = cfg.pop('name')

@@ -9,6 +9,7 @@ from __future__ import annotations
 import configparser, os, re
 from dataclasses import dataclass, field
 from pathlib import Path
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['DATASETS', 'SECTION', 'PATH_KEYS', 'DEFAULT_HOME', 'DEFAULTS', 'KEYS', 'SettingsError', 'find_settings',
@@ -28,9 +29,11 @@ class SettingsError(ValueError):
 
 # %% ../nbs/00_config.ipynb #e060d4fe
 def _has_section(path:Path) -> bool:
+    "Whether `path` is a text file with a `[snipnb]` section line."
     try: return any(line.strip() == f'[{SECTION}]' for line in path.read_text(encoding='utf-8').splitlines())
     except (OSError, UnicodeDecodeError): return False
 
+# %% ../nbs/00_config.ipynb #bbb43b14
 def find_settings(start:str|Path|None=None, # folder to walk up from (default: the working folder)
                  ) -> Path|None:
     "The settings.ini snipnb uses: `SNIPNB_SETTINGS`, else the nearest one with a `[snipnb]` section above `start`."
@@ -47,6 +50,7 @@ def find_settings(start:str|Path|None=None, # folder to walk up from (default: t
 
 # %% ../nbs/00_config.ipynb #72bac5ad
 def _check_value(key:str, value:str, where:str) -> str:
+    "`value` stripped, or an error naming `where` when `key` is unknown, the value empty or the device malformed."
     value = value.strip()
     if key not in KEYS:
         raise SettingsError(f"{where}: unknown key {key!r}; known keys: {', '.join(KEYS)}")
@@ -55,6 +59,7 @@ def _check_value(key:str, value:str, where:str) -> str:
         raise SettingsError(f"{where}: key 'device' is {value!r}; expected auto, cpu, mps, cuda or cuda:N")
     return value
 
+# %% ../nbs/00_config.ipynb #ca13d5d5
 def read_settings(path:str|Path, # a settings.ini file
                  ) -> dict:
     "The `[snipnb]` keys of `path`, checked, with relative paths resolved against the file's folder."
@@ -86,16 +91,36 @@ class Settings:
         try: return self.values[key]
         except KeyError: raise AttributeError(key) from None
 
-    def dataset_root(self, name:str) -> Path:
-        "The root folder of dataset `name` (e.g. 'ntu60')."
-        key = f'{name}_root'
-        if key not in self.values: raise KeyError(f"unknown dataset {name!r}; datasets with a root: {', '.join(DATASETS)}")
-        return Path(self.values[key])
+# %% ../nbs/00_config.ipynb #9eac2b4d
+@patch
+def dataset_root(self:Settings, name:str) -> Path:
+    "The root folder of dataset `name` (e.g. 'ntu60')."
+    key = f'{name}_root'
+    if key not in self.values: raise KeyError(f"unknown dataset {name!r}; datasets with a root: {', '.join(DATASETS)}")
+    return Path(self.values[key])
 
+# %% ../nbs/00_config.ipynb #b887bfa2
 def _resolve_path(value, base:Path) -> str:
+    "`value` as an absolute path, relative ones taken from `base`."
     p = Path(value).expanduser()
     return str((p if p.is_absolute() else base/p).resolve())
 
+def _given(key:str, arg) -> tuple|None:
+    "(value, source) of `key` from the caller's argument, else `SNIPNB_<KEY>`; None when neither is set."
+    env = os.environ.get(f'SNIPNB_{key.upper()}')
+    if arg is not None: value, src = _check_value(key, str(arg), f"argument {key}"), 'argument'
+    elif env: value, src = _check_value(key, env, f"environment variable SNIPNB_{key.upper()}"), 'environment'
+    else: return None
+    return (_resolve_path(value, Path.cwd()) if key in PATH_KEYS else value), src
+
+# %% ../nbs/00_config.ipynb #db637be0
+def _default(key:str, values:dict, file:Path|None) -> str:
+    "Built-in default of `key`: a dataset root under `data_dir`, else `DEFAULTS` (paths beside settings.ini, else under ~/.snipnb)."
+    if key.endswith('_root'): return str(Path(values['data_dir'])/key[:-5])
+    value = DEFAULTS[key]
+    return _resolve_path(value, file.parent if file else DEFAULT_HOME.expanduser()) if key in PATH_KEYS else value
+
+# %% ../nbs/00_config.ipynb #05c31577
 def get_settings(settings_file:str|Path|None=None, # a settings.ini to use instead of searching for one
                  **overrides, # any key of `KEYS`; `None` values are ignored
                 ) -> Settings:
@@ -105,24 +130,14 @@ def get_settings(settings_file:str|Path|None=None, # a settings.ini to use inste
     file = Path(settings_file) if settings_file else find_settings()
     from_file = read_settings(file) if file else {}
     values, source = {}, {}
-    home = DEFAULT_HOME.expanduser()
     # data_dir first: unset dataset roots default to <data_dir>/<name>
     for key in ('data_dir', *[k for k in KEYS if k != 'data_dir']):
-        arg, env = overrides.get(key), os.environ.get(f'SNIPNB_{key.upper()}')
-        if arg is not None:
-            value, src = _check_value(key, str(arg), f"argument {key}"), 'argument'
-            if key in PATH_KEYS: value = _resolve_path(value, Path.cwd())
-        elif env:
-            value, src = _check_value(key, env, f"environment variable SNIPNB_{key.upper()}"), 'environment'
-            if key in PATH_KEYS: value = _resolve_path(value, Path.cwd())
-        elif key in from_file: value, src = from_file[key], str(file)
-        elif key.endswith('_root'): value, src = str(Path(values['data_dir'])/key[:-5]), 'default'
-        else:
-            value, src = DEFAULTS[key], 'default'
-            if key in PATH_KEYS: value = _resolve_path(value, file.parent if file else home)
-        values[key], source[key] = value, src
+        got = _given(key, overrides.get(key))
+        if got is None: got = (from_file[key], str(file)) if key in from_file else (_default(key, values, file), 'default')
+        values[key], source[key] = got
     return Settings(values, source, file)
 
+# %% ../nbs/00_config.ipynb #ef85cc81
 def get_setting(key:str, # one of `KEYS`
                 value=None, # the caller's argument: wins when not None
                ):

@@ -6,7 +6,7 @@ Docs: https://snipnb.github.io/snipnb/contrastive.html.md"""
 
 # %% ../nbs/08_contrastive.ipynb #7d338f5b
 from __future__ import annotations
-import copy, inspect, math
+import copy, inspect
 from fastcore.basics import patch
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
@@ -19,9 +19,9 @@ __all__ = ['SIMILARITIES', 'DENSE_KEYS', 'HEAD_TYPES', 'STREAMS', 'PRETEXTS', 'M
            'OFFICIAL_UNUSED', 'KeyQueue', 'gather_keys', 'moco_logits', 'upcast', 'info_nce', 'soft_ce',
            'margin_ranking', 'topk_mask', 'match_snippets', 'snippet_logits', 'dense_global', 'MLPHead', 'SnippetHead',
            'LinearHead', 'projection_head', 'part_matrix', 'PartPooling', 'PartRelation', 'body_parts', 'PartBranch',
-           'Encoder', 'momentum_update', 'official_init', 'attention_drop', 'Pretext', 'SkeletonCLR', 'AimCLR',
-           'dc_logits', 'RVTCLR', 'motion_stream', 'bone_stream', 'ckm_logits_mask', 'CrosSCLR', 'preset_config',
-           'build_pretext']
+           'Encoder', 'momentum_update', 'frozen_copy', 'official_init', 'attention_drop', 'check_choices', 'Pretext',
+           'SkeletonCLR', 'AimCLR', 'dc_logits', 'RVTCLR', 'motion_stream', 'bone_stream', 'ckm_logits_mask',
+           'CrosSCLR', 'preset_config', 'build_pretext']
 
 # %% ../nbs/08_contrastive.ipynb #aec7d397
 class KeyQueue(nn.Module):
@@ -35,16 +35,19 @@ class KeyQueue(nn.Module):
         self.register_buffer('ptr', torch.zeros((), dtype=torch.long))
         self.frozen_pointer = frozen_pointer
 
-    @property
-    def size(self) -> int: return self.keys.shape[0]
+# %% ../nbs/08_contrastive.ipynb #d8aa42be
+@patch(as_prop=True)
+def size(self:KeyQueue) -> int: return self.keys.shape[0]
 
-    @torch.no_grad()
-    def enqueue(self, keys:Tensor): # (B, dim), already gathered across ranks
-        B = keys.shape[0]
-        if B > self.size: keys, B = keys[-self.size:], self.size
-        idx = (self.ptr + torch.arange(B, device=keys.device)) % self.size
-        self.keys[idx] = keys.detach().to(self.keys.dtype)
-        if not self.frozen_pointer: self.ptr.copy_((self.ptr + B) % self.size)
+# %% ../nbs/08_contrastive.ipynb #eb055756
+@patch
+@torch.no_grad()
+def enqueue(self:KeyQueue, keys:Tensor): # (B, dim), already gathered across ranks
+    B = keys.shape[0]
+    if B > self.size: keys, B = keys[-self.size:], self.size
+    idx = (self.ptr + torch.arange(B, device=keys.device)) % self.size
+    self.keys[idx] = keys.detach().to(self.keys.dtype)
+    if not self.frozen_pointer: self.ptr.copy_((self.ptr + B) % self.size)
 
 # %% ../nbs/08_contrastive.ipynb #ebb61a10
 @torch.no_grad()
@@ -65,10 +68,12 @@ def moco_logits(q:Tensor, # (N, D) normalised queries
     neg = q @ queue.detach().to(q.dtype).t()
     return torch.cat([pos, neg], 1) / temperature
 
+# %% ../nbs/08_contrastive.ipynb #a0f07d1c
 def upcast(x:Tensor) -> Tensor:
     "Half-precision tensors to float32 for the losses (autocast); float32/64 untouched."
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
+# %% ../nbs/08_contrastive.ipynb #fa95d385
 def info_nce(logits:Tensor, # (N, 1 + K), positive at index 0
              pos_mask:Tensor|None=None, # (N, 1 + K) 1 at every positive (mining), None: index 0 only
             ) -> Tensor:
@@ -77,16 +82,19 @@ def info_nce(logits:Tensor, # (N, 1 + K), positive at index 0
     logp = F.log_softmax(upcast(logits), 1)
     return (-(logp * pos_mask).sum(1) / pos_mask.sum(1)).mean()
 
+# %% ../nbs/08_contrastive.ipynb #79adb0bd
 def soft_ce(logits:Tensor, # (N, C) student logits
             target:Tensor, # (N, C) target probabilities (detached)
            ) -> Tensor:
     "Cross-entropy against a soft target: -sum(target * log softmax(logits)), averaged."
     return -(target.detach() * F.log_softmax(upcast(logits), 1)).sum(1).mean()
 
+# %% ../nbs/08_contrastive.ipynb #fd4e1647
 def margin_ranking(a:Tensor, b:Tensor, margin:float=1.0) -> Tensor:
     "Mean of max(0, margin - (a - b)): `a` should exceed `b` by `margin`."
     return F.relu(margin - (a - b)).mean()
 
+# %% ../nbs/08_contrastive.ipynb #50d582fd
 def topk_mask(neg_logits:list, # [(N, K)] queue logits of one or more query views
               k:int=1) -> Tensor: # (N, 1 + K) positives: index 0 and each view's k nearest queue entries
     "Nearest-neighbour mining: the positive mask with the top-k queue entries of each view added."
@@ -109,6 +117,7 @@ def match_snippets(q_pooled:Tensor, # (N, C, G) pooled backbone features of the 
     elif similarity != 'dot': raise ValueError(f"similarity must be 'cosine' or 'dot', not {similarity!r}")
     return torch.einsum('ncg,nch->ngh', q, k).argmax(-1)
 
+# %% ../nbs/08_contrastive.ipynb #7b92d6e8
 def snippet_logits(q_snip:Tensor, # (N, D, G) normalised query snippet projections
                    k_snip:Tensor, # (N, D, Gk) normalised key snippet projections
                    match:Tensor, # (N, G) from `match_snippets`
@@ -120,6 +129,7 @@ def snippet_logits(q_snip:Tensor, # (N, D, G) normalised query snippet projectio
     k = k_matched.transpose(1, 2).reshape(-1, k_snip.shape[1])
     return moco_logits(q, k, queue, temperature)
 
+# %% ../nbs/08_contrastive.ipynb #7b2ad1b7
 def dense_global(k_snip:Tensor, # (N, D, G) normalised key snippet projections
                  k_raw:Tensor|None=None, # (N, D, G) the same before normalisation (needed by 'official')
                  mode:str='normalized', # 'normalized' (ours) or 'official'
@@ -170,6 +180,7 @@ class LinearHead(nn.Module):
 
     def forward(self, x:Tensor) -> Tensor: return F.normalize(self.fc(x), dim=1)
 
+# %% ../nbs/08_contrastive.ipynb #d5921059
 HEAD_TYPES = ('mlp', 'linear')
 
 def projection_head(kind:str, # 'mlp' (MoCo v2, SkeletonCLR) or 'linear' (RVTCLR's fc1/fc2)
@@ -187,6 +198,7 @@ def part_matrix(parts, # joint indices of each body part
     for p, joints in enumerate(parts): P[list(joints), p] = 1 / len(joints)
     return P
 
+# %% ../nbs/08_contrastive.ipynb #c54a0590
 class PartPooling(nn.Module):
     "RVTCLR's IntraPart: joints averaged per body part, then 1x1 convs C -> C/2 -> ReLU -> C (no bias, no gate)."
     def __init__(self, channels:int, parts, num_joints:int=25):
@@ -208,14 +220,16 @@ class PartRelation(nn.Module):
         self.W = nn.Sequential(nn.Conv1d(c, channels, 1), nn.BatchNorm1d(channels))
         nn.init.zeros_(self.W[1].weight); nn.init.zeros_(self.W[1].bias)
 
-    def forward(self, x:Tensor) -> Tensor: # (N, C, T, P) -> (N, C, T, P)
-        N, C, T, P = x.shape
-        xp = x.permute(0, 3, 1, 2).reshape(N * P, C, T)
-        values = self.g(xp).view(N, P, -1, T)                                           # (N, P, C/2, T)
-        mean = x.mean(-1)                                                               # (N, C, T)
-        att = torch.softmax(self.theta(mean).transpose(1, 2) @ self.phi(mean), -1)     # (N, T, T)
-        y = torch.einsum('nts,npcs->npct', att, values).reshape(N * P, -1, T)
-        return (self.W(y) + xp).view(N, P, C, T).permute(0, 2, 3, 1)
+# %% ../nbs/08_contrastive.ipynb #3424add1
+@patch
+def forward(self:PartRelation, x:Tensor) -> Tensor: # (N, C, T, P) -> (N, C, T, P)
+    N, C, T, P = x.shape
+    xp = x.permute(0, 3, 1, 2).reshape(N * P, C, T)
+    values = self.g(xp).view(N, P, -1, T)                                           # (N, P, C/2, T)
+    mean = x.mean(-1)                                                               # (N, C, T)
+    att = torch.softmax(self.theta(mean).transpose(1, 2) @ self.phi(mean), -1)     # (N, T, T)
+    y = torch.einsum('nts,npcs->npct', att, values).reshape(N * P, -1, T)
+    return (self.W(y) + xp).view(N, P, C, T).permute(0, 2, 3, 1)
 
 # %% ../nbs/08_contrastive.ipynb #efb0d7ca
 def body_parts(backbone:SkeletonBackbone) -> list:
@@ -224,6 +238,7 @@ def body_parts(backbone:SkeletonBackbone) -> list:
     if not lay.parts: raise ValueError(f"layout {lay.name!r} has no body parts: the DC branch needs them")
     return list(lay.parts.values())
 
+# %% ../nbs/08_contrastive.ipynb #6e10f94d
 class PartBranch(nn.Module):
     "RVTCLR's DC branch: PartPooling + PartRelation on per-person features, averaged, then an MLP head."
     def __init__(self, channels:int, parts, num_joints:int=25, hidden:int=256, dim:int=128):
@@ -250,25 +265,35 @@ class Encoder(nn.Module):
         self.snippet = SnippetHead(C, hidden, dim, t_grid, normalize=False) if snippet else None
         self.dc = PartBranch(C, body_parts(backbone), backbone.num_joints, hidden, dim) if dc else None
 
-    def forward(self, x:Tensor, # (N, C, T, V, M)
-                features:bool=False, # also return the last block's features (N, C, T', V)
-                dc:bool=False, # only the DC branch's projection {'dc': (N, dim)}
-               ) -> dict:
-        out = self.backbone(x, blocks=[self.backbone.num_blocks])
-        if dc: return {'dc': self.dc(out['persons'])}
-        last = out['features'][self.backbone.num_blocks]
-        res = {h: head(out['embedding']) for h, head in self.heads.items()}
-        if self.snippet is not None:
-            s = self.snippet(last)
-            res.update(snippets=F.normalize(s['snippets'], dim=1), snippets_raw=s['snippets'], pooled=s['pooled'])
-        if features: res['features'] = last
-        return res
+# %% ../nbs/08_contrastive.ipynb #772aa59c
+@patch
+def forward(self:Encoder, x:Tensor, # (N, C, T, V, M)
+            features:bool=False, # also return the last block's features (N, C, T', V)
+            dc:bool=False, # only the DC branch's projection {'dc': (N, dim)}
+           ) -> dict:
+    out = self.backbone(x, blocks=[self.backbone.num_blocks])
+    if dc: return {'dc': self.dc(out['persons'])}
+    last = out['features'][self.backbone.num_blocks]
+    res = {h: head(out['embedding']) for h, head in self.heads.items()}
+    if self.snippet is not None:
+        s = self.snippet(last)
+        res.update(snippets=F.normalize(s['snippets'], dim=1), snippets_raw=s['snippets'], pooled=s['pooled'])
+    if features: res['features'] = last
+    return res
 
+# %% ../nbs/08_contrastive.ipynb #7914a150
 @torch.no_grad()
 def momentum_update(key:nn.Module, query:nn.Module, m:float=0.999):
     "key <- m * key + (1 - m) * query, parameter by parameter."
     kp, qp = list(key.parameters()), list(query.parameters())
     torch._foreach_mul_(kp, m); torch._foreach_add_(kp, qp, alpha=1 - m)
+
+# %% ../nbs/08_contrastive.ipynb #8bb7c0b8
+def frozen_copy(module:nn.Module) -> nn.Module:
+    "A deep copy of `module` whose parameters take no gradient (a key encoder)."
+    copied = copy.deepcopy(module)
+    for p in copied.parameters(): p.requires_grad_(False)
+    return copied
 
 # %% ../nbs/08_contrastive.ipynb #1fda67dc
 @torch.no_grad()
@@ -296,6 +321,12 @@ def attention_drop(x:Tensor, # (N, C, T, V) features
     return x * keep_t * keep_t.numel() / keep_t.sum().clamp_min(1)
 
 # %% ../nbs/08_contrastive.ipynb #86c8ad97
+def check_choices(**choices) -> None: # name=(value, allowed values)
+    "Fail naming the option when a value is not one of its allowed values."
+    for name, (value, allowed) in choices.items():
+        if value not in allowed: raise ValueError(f"{name} must be one of {allowed}, not {value!r}")
+
+# %% ../nbs/08_contrastive.ipynb #2cdd7201
 class Pretext(nn.Module):
     "MoCo engine: query/key encoders, queues, EMA, mining, and the optional snippet term."
     heads = ('z',)
@@ -318,47 +349,52 @@ class Pretext(nn.Module):
         super().__init__()
         if isinstance(backbone, str): backbone = build_backbone(backbone, **backbone_options)
         self.encoder_q = Encoder(backbone, self.heads, dim, hidden, snippet, t_grid, head, dc)
-        self.encoder_k = copy.deepcopy(self.encoder_q)
-        for p in self.encoder_k.parameters(): p.requires_grad_(False)
+        self.encoder_k = frozen_copy(self.encoder_q)
         self.queue = KeyQueue(queue_size, dim, seed=1)
         self.snippet_queue = KeyQueue(queue_size, dim, frozen_pointer=frozen_snippet_pointer, seed=2) if snippet else None
         self.snippet, self.snippet_weight, self.t_grid = snippet, snippet_weight, t_grid
         self.temperature, self.momentum, self.mining_epoch = temperature, momentum, mining_epoch
         self.topk, self.snippet_topk = topk, snippet_topk
         self.query_augment, self.key_augment = get_augment(query_augment), get_augment(key_augment)
-        for name, value, allowed in (('similarity', similarity, SIMILARITIES), ('dense_key', dense_key, DENSE_KEYS),
-                                     ('init', init, ('default', 'official'))):
-            if value not in allowed: raise ValueError(f"{name} must be one of {allowed}, not {value!r}")
+        check_choices(similarity=(similarity, SIMILARITIES), dense_key=(dense_key, DENSE_KEYS), init=(init, ('default', 'official')))
         self.similarity, self.dense_key, self.init = similarity, dense_key, init
-        self.config = {'method': type(self).__name__.lower(), 'backbone': backbone.config, 'snippet': snippet,
-                       'snippet_weight': snippet_weight, 't_grid': t_grid, 'queue_size': queue_size, 'dim': dim,
-                       'hidden': hidden, 'temperature': temperature, 'momentum': momentum, 'mining_epoch': mining_epoch,
-                       'topk': topk, 'snippet_topk': snippet_topk, 'head': head, 'query_augment': str(query_augment),
-                       'key_augment': str(key_augment), 'similarity': similarity, 'dense_key': dense_key,
-                       'frozen_snippet_pointer': frozen_snippet_pointer, 'init': init, 'dc': dc}
+        self.config = dict(method=type(self).__name__.lower(), backbone=backbone.config, snippet=snippet,
+                           snippet_weight=snippet_weight, t_grid=t_grid, queue_size=queue_size, dim=dim, hidden=hidden,
+                           temperature=temperature, momentum=momentum, mining_epoch=mining_epoch, topk=topk,
+                           snippet_topk=snippet_topk, head=head, query_augment=str(query_augment), key_augment=str(key_augment),
+                           similarity=similarity, dense_key=dense_key, frozen_snippet_pointer=frozen_snippet_pointer, init=init, dc=dc)
 
-    @property
-    def backbone(self) -> SkeletonBackbone: return self.encoder_q.backbone
+# %% ../nbs/08_contrastive.ipynb #b3cde342
+@patch(as_prop=True)
+def backbone(self:Pretext) -> SkeletonBackbone: return self.encoder_q.backbone
 
-    def mining(self, epoch:int) -> bool: return self.mining_epoch is not None and epoch >= self.mining_epoch
+# %% ../nbs/08_contrastive.ipynb #d96ecaab
+@patch
+def mining(self:Pretext, epoch:int) -> bool: return self.mining_epoch is not None and epoch >= self.mining_epoch
 
-    def snippet_term(self, q:dict, k:dict, epoch:int) -> tuple:
-        "(snippet loss, dense-global keys to enqueue) from query and key-view encoder outputs."
-        match = match_snippets(q['pooled'], k['pooled'], self.similarity)
-        logits = snippet_logits(q['snippets'], k['snippets'], match, self.snippet_queue.keys.clone(), self.temperature)
-        mask = topk_mask([logits[:, 1:]], self.snippet_topk) if self.mining(epoch) else None
-        return info_nce(logits, mask), dense_global(k['snippets'], k['snippets_raw'], self.dense_key)
+# %% ../nbs/08_contrastive.ipynb #72501cff
+@patch
+def snippet_term(self:Pretext, q:dict, k:dict, epoch:int) -> tuple:
+    "(snippet loss, dense-global keys to enqueue) from query and key-view encoder outputs."
+    match = match_snippets(q['pooled'], k['pooled'], self.similarity)
+    logits = snippet_logits(q['snippets'], k['snippets'], match, self.snippet_queue.keys.clone(), self.temperature)
+    mask = topk_mask([logits[:, 1:]], self.snippet_topk) if self.mining(epoch) else None
+    return info_nce(logits, mask), dense_global(k['snippets'], k['snippets_raw'], self.dense_key)
 
-    def finish(self, parts:dict, keys:Tensor, snippet_keys:Tensor|None=None) -> dict:
-        "Sum the parts into the loss and push the (gathered) keys into the queues (logits used snapshots of them)."
-        loss = sum(v * (self.snippet_weight if k == 'snippet' else 1.0) for k, v in parts.items())
-        self.queue.enqueue(gather_keys(keys))
-        if snippet_keys is not None: self.snippet_queue.enqueue(gather_keys(snippet_keys))
-        return {'loss': loss, **{k: v.detach() for k, v in parts.items()}}
+# %% ../nbs/08_contrastive.ipynb #deea72a6
+@patch
+def finish(self:Pretext, parts:dict, keys:Tensor, snippet_keys:Tensor|None=None) -> dict:
+    "Sum the parts into the loss and push the (gathered) keys into the queues (logits used snapshots of them)."
+    loss = sum(v * (self.snippet_weight if k == 'snippet' else 1.0) for k, v in parts.items())
+    self.queue.enqueue(gather_keys(keys))
+    if snippet_keys is not None: self.snippet_queue.enqueue(gather_keys(snippet_keys))
+    return {'loss': loss, **{k: v.detach() for k, v in parts.items()}}
 
-    def finish_init(self):
-        "Called at the end of a method's __init__: the official initialisation redraws every encoder independently."
-        if self.init == 'official': official_init(self)
+# %% ../nbs/08_contrastive.ipynb #2a73e493
+@patch
+def finish_init(self:Pretext):
+    "Called at the end of a method's __init__: the official initialisation redraws every encoder independently."
+    if self.init == 'official': official_init(self)
 
 # %% ../nbs/08_contrastive.ipynb #192a07df
 class SkeletonCLR(Pretext):
@@ -366,17 +402,19 @@ class SkeletonCLR(Pretext):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs); self.finish_init()
 
-    def forward(self, x:Tensor, g:torch.Generator|None=None, epoch:int=0) -> dict:
-        xq, xk = self.query_augment(x, g), self.key_augment(x, g)
-        with torch.no_grad():
-            momentum_update(self.encoder_k, self.encoder_q, self.momentum)
-            k = self.encoder_k(xk)
-        q = self.encoder_q(xq)
-        logits = moco_logits(q['z'], k['z'], self.queue.keys.clone(), self.temperature)
-        parts = {'instance': info_nce(logits, topk_mask([logits[:, 1:]], self.topk) if self.mining(epoch) else None)}
-        snip_keys = None
-        if self.snippet: parts['snippet'], snip_keys = self.snippet_term(q, k, epoch)
-        return self.finish(parts, k['z'], snip_keys)
+# %% ../nbs/08_contrastive.ipynb #8fade293
+@patch
+def forward(self:SkeletonCLR, x:Tensor, g:torch.Generator|None=None, epoch:int=0) -> dict:
+    xq, xk = self.query_augment(x, g), self.key_augment(x, g)
+    with torch.no_grad():
+        momentum_update(self.encoder_k, self.encoder_q, self.momentum)
+        k = self.encoder_k(xk)
+    q = self.encoder_q(xq)
+    logits = moco_logits(q['z'], k['z'], self.queue.keys.clone(), self.temperature)
+    parts = {'instance': info_nce(logits, topk_mask([logits[:, 1:]], self.topk) if self.mining(epoch) else None)}
+    snip_keys = None
+    if self.snippet: parts['snippet'], snip_keys = self.snippet_term(q, k, epoch)
+    return self.finish(parts, k['z'], snip_keys)
 
 # %% ../nbs/08_contrastive.ipynb #56e06310
 class AimCLR(Pretext):
@@ -388,24 +426,32 @@ class AimCLR(Pretext):
         self.extreme, self.keep_prob = get_augment(extreme), keep_prob
         self.config.update(extreme=str(extreme), keep_prob=keep_prob); self.finish_init()
 
-    def forward(self, x:Tensor, g:torch.Generator|None=None, epoch:int=0) -> dict:
-        xq, xk, xe = self.query_augment(x, g), self.key_augment(x, g), self.extreme(x, g)
-        with torch.no_grad():
-            momentum_update(self.encoder_k, self.encoder_q, self.momentum)
-            k = self.encoder_k(xk)
-        q = self.encoder_q(xq)
-        e = self.encoder_q(xe, features=True)
-        z_drop = self.encoder_q.heads['z'](attention_drop(e['features'], self.keep_prob).mean((2, 3)))
-        queue = self.queue.keys.clone()   # a snapshot: the enqueue below must not touch what backward needs
-        logits = moco_logits(q['z'], k['z'], queue, self.temperature)
-        logits_e = moco_logits(e['z'], k['z'], queue, self.temperature)
-        logits_d = moco_logits(z_drop, k['z'], queue, self.temperature)
-        target = torch.softmax(logits.detach().float(), 1)
-        mask = topk_mask([logits[:, 1:], logits_e[:, 1:], logits_d[:, 1:]], self.topk) if self.mining(epoch) else None
-        parts = {'instance': info_nce(logits, mask), 'ddm': (soft_ce(logits_e, target) + soft_ce(logits_d, target)) / 2}
-        snip_keys = None
-        if self.snippet: parts['snippet'], snip_keys = self.snippet_term(q, k, epoch)
-        return self.finish(parts, k['z'], snip_keys)
+# %% ../nbs/08_contrastive.ipynb #9b9b1c16
+@patch
+def extreme_logits(self:AimCLR, xe:Tensor, # the extreme view (N, C, T, V, M)
+                   k:Tensor, queue:Tensor) -> tuple: # (N, D) keys, (K, D) queue snapshot
+    "Logits of the extreme view and of its attention-dropped features against [key, queue]."
+    e = self.encoder_q(xe, features=True)
+    z_drop = self.encoder_q.heads['z'](attention_drop(e['features'], self.keep_prob).mean((2, 3)))
+    return moco_logits(e['z'], k, queue, self.temperature), moco_logits(z_drop, k, queue, self.temperature)
+
+# %% ../nbs/08_contrastive.ipynb #d49b735a
+@patch
+def forward(self:AimCLR, x:Tensor, g:torch.Generator|None=None, epoch:int=0) -> dict:
+    xq, xk, xe = self.query_augment(x, g), self.key_augment(x, g), self.extreme(x, g)
+    with torch.no_grad():
+        momentum_update(self.encoder_k, self.encoder_q, self.momentum)
+        k = self.encoder_k(xk)
+    q = self.encoder_q(xq)
+    queue = self.queue.keys.clone()   # a snapshot: the enqueue below must not touch what backward needs
+    logits_e, logits_d = self.extreme_logits(xe, k['z'], queue)
+    logits = moco_logits(q['z'], k['z'], queue, self.temperature)
+    target = torch.softmax(logits.detach().float(), 1)
+    mask = topk_mask([logits[:, 1:], logits_e[:, 1:], logits_d[:, 1:]], self.topk) if self.mining(epoch) else None
+    parts = {'instance': info_nce(logits, mask), 'ddm': (soft_ce(logits_e, target) + soft_ce(logits_d, target)) / 2}
+    snip_keys = None
+    if self.snippet: parts['snippet'], snip_keys = self.snippet_term(q, k, epoch)
+    return self.finish(parts, k['z'], snip_keys)
 
 # %% ../nbs/08_contrastive.ipynb #72947b21
 def dc_logits(q_dc:Tensor, # (N, D) normalised DC-view projections
@@ -418,6 +464,7 @@ def dc_logits(q_dc:Tensor, # (N, D) normalised DC-view projections
     logits = moco_logits(q_dc, k, queue, temperature)
     return torch.cat([logits[:, :1] * temperature, logits[:, 1:]], 1) if unscaled_positive else logits
 
+# %% ../nbs/08_contrastive.ipynb #d772b4ce
 class RVTCLR(Pretext):
     "RVTCLR (Zhu et al. 2023): relative tempo views, two positives, margin-ranking of tempo, DC branch; + snippet term."
     heads = ('z', 'motion')
@@ -432,30 +479,42 @@ class RVTCLR(Pretext):
         self.config.update(margin=margin, dc_augment=str(dc_augment), dc_unscaled_positive=dc_unscaled_positive)
         self.finish_init()
 
-    def forward(self, x:Tensor, g:torch.Generator|None=None, epoch:int=0) -> dict:
-        views = relative_tempo(self.query_augment(x, g), self.key_augment(x, g), g)
-        x_dc = self.dc_augment(x, g) if self.dc else None
-        with torch.no_grad():
-            momentum_update(self.encoder_k, self.encoder_q, self.momentum)
-            k, k2 = self.encoder_k(views.key), self.encoder_k(views.key_other)
-        q = self.encoder_q(views.query)
-        queue = self.queue.keys.clone()   # a snapshot: the enqueue below must not touch what backward needs
-        logits1 = moco_logits(q['z'], k['z'], queue, self.temperature)
-        logits2 = moco_logits(q['z'], k2['z'], queue, self.temperature)
-        negatives = [logits1[:, 1:]]
-        if self.dc:
-            unscaled = self.dc_unscaled_positive and not self.mining(epoch)
-            logits_dc = dc_logits(self.encoder_q(x_dc, dc=True)['dc'], k['z'], queue, self.temperature, unscaled)
-            negatives.append(logits_dc[:, 1:])
-        mask = topk_mask(negatives, self.topk) if self.mining(epoch) else None
-        same = (q['motion'] * k['motion']).sum(1) / self.temperature
-        other = (q['motion'] * k2['motion']).sum(1) / self.temperature
-        parts = {'instance': info_nce(logits1, mask), 'tempo_positive': info_nce(logits2, mask),
-                 'tempo_rank': margin_ranking(same, other, self.margin)}
-        if self.dc: parts['dc'] = soft_ce(logits_dc, torch.softmax(upcast(logits1.detach()), 1))
-        snip_keys = None
-        if self.snippet: parts['snippet'], snip_keys = self.snippet_term(q, k2, epoch)
-        return self.finish(parts, k2['z'], snip_keys)
+# %% ../nbs/08_contrastive.ipynb #bbd3a982
+@patch
+def tempo_rank(self:RVTCLR, q:dict, k:dict, k_other:dict) -> Tensor:
+    "Margin ranking of the motion projections: the same-tempo key above the opposite-tempo key."
+    same = (q['motion'] * k['motion']).sum(1) / self.temperature
+    other = (q['motion'] * k_other['motion']).sum(1) / self.temperature
+    return margin_ranking(same, other, self.margin)
+
+# %% ../nbs/08_contrastive.ipynb #75dda8b8
+@patch
+def dc_view_logits(self:RVTCLR, x_dc:Tensor, k:Tensor, queue:Tensor, epoch:int) -> Tensor: # (N, 1 + K)
+    "The DC view's logits against [same-tempo key, queue]."
+    unscaled = self.dc_unscaled_positive and not self.mining(epoch)
+    return dc_logits(self.encoder_q(x_dc, dc=True)['dc'], k, queue, self.temperature, unscaled)
+
+# %% ../nbs/08_contrastive.ipynb #be93bfab
+@patch
+def forward(self:RVTCLR, x:Tensor, g:torch.Generator|None=None, epoch:int=0) -> dict:
+    views = relative_tempo(self.query_augment(x, g), self.key_augment(x, g), g)
+    x_dc = self.dc_augment(x, g) if self.dc else None
+    with torch.no_grad():
+        momentum_update(self.encoder_k, self.encoder_q, self.momentum)
+        k, k2 = self.encoder_k(views.key), self.encoder_k(views.key_other)
+    q = self.encoder_q(views.query)
+    queue = self.queue.keys.clone()   # a snapshot: the enqueue below must not touch what backward needs
+    logits1 = moco_logits(q['z'], k['z'], queue, self.temperature)
+    logits2 = moco_logits(q['z'], k2['z'], queue, self.temperature)
+    logits_dc = self.dc_view_logits(x_dc, k['z'], queue, epoch) if self.dc else None
+    negatives = [logits1[:, 1:]] + ([logits_dc[:, 1:]] if self.dc else [])
+    mask = topk_mask(negatives, self.topk) if self.mining(epoch) else None
+    parts = {'instance': info_nce(logits1, mask), 'tempo_positive': info_nce(logits2, mask),
+             'tempo_rank': self.tempo_rank(q, k, k2)}
+    if self.dc: parts['dc'] = soft_ce(logits_dc, torch.softmax(upcast(logits1.detach()), 1))
+    snip_keys = None
+    if self.snippet: parts['snippet'], snip_keys = self.snippet_term(q, k2, epoch)
+    return self.finish(parts, k2['z'], snip_keys)
 
 # %% ../nbs/08_contrastive.ipynb #376f6fe6
 def motion_stream(x:Tensor) -> Tensor: # (N, C, T, V, M) -> same shape
@@ -464,6 +523,7 @@ def motion_stream(x:Tensor) -> Tensor: # (N, C, T, V, M) -> same shape
     m[:, :, :-1] = x[:, :, 1:] - x[:, :, :-1]
     return m
 
+# %% ../nbs/08_contrastive.ipynb #2547214b
 def bone_stream(x:Tensor, layout:str='ntu25') -> Tensor: # (N, C, T, V, M) -> same shape
     "Each joint minus its parent along the layout's bones; the centre joint 0 (CrosSCLR's bone stream)."
     lay = resolve_layout(layout, x.shape[3])
@@ -500,18 +560,9 @@ class CrosSCLR(Pretext):
             raise ValueError(f"streams must be distinct names from {list(STREAMS)}, got {streams}")
         super().__init__(backbone, *args, **kwargs)
         bb_opts = {k: v for k, v in kwargs.items() if k not in inspect.signature(Pretext).parameters}
-        extra = {}
-        for s in streams[1:]:
-            bb = build_backbone(backbone, **bb_opts) if isinstance(backbone, str) else copy.deepcopy(backbone)
-            enc = Encoder(bb, self.heads, self.config['dim'], self.config['hidden'], head=self.config['head'])
-            if shared_head:
-                C = bb.channels[-1]
-                enc.heads['z'] = nn.Sequential(nn.Linear(C, C), nn.ReLU(), self.encoder_q.heads['z'])
-            extra[s] = enc
+        extra = {s: self.stream_encoder(backbone, bb_opts, shared_head) for s in streams[1:]}
         self.streams, self.cross_epoch, self.context, self.official_momentum = streams, cross_epoch, context, official_momentum
-        encoders = nn.ModuleDict({streams[0]: self.encoder_q, **extra})
-        keys = copy.deepcopy(encoders)                  # one copy of everything: a shared head stays shared
-        for p in keys.parameters(): p.requires_grad_(False)
+        keys = frozen_copy(nn.ModuleDict({streams[0]: self.encoder_q, **extra}))   # one copy of everything: a shared head stays shared
         self.encoder_k = keys[streams[0]]
         self.stream_q = nn.ModuleDict(extra)
         self.stream_k = nn.ModuleDict({s: keys[s] for s in streams[1:]})
@@ -521,16 +572,33 @@ class CrosSCLR(Pretext):
                            official_momentum=official_momentum)
         self.finish_init()
 
-    def _pair(self, s:str) -> tuple: # (query encoder, key encoder, queue) of stream s
-        if s == self.streams[0]: return self.encoder_q, self.encoder_k, self.queue
-        return self.stream_q[s], self.stream_k[s], self.stream_queues[s]
-
-    def cross(self, epoch:int) -> bool: return self.cross_epoch is not None and epoch >= self.cross_epoch
-
-# %% ../nbs/08_contrastive.ipynb #b01a4758
+# %% ../nbs/08_contrastive.ipynb #f39bfd1e
 @patch
-def forward(self:CrosSCLR, x:Tensor, g:torch.Generator|None=None, epoch:int=0) -> dict:
-    xq, xk = self.query_augment(x, g), self.key_augment(x, g)
+def stream_encoder(self:CrosSCLR, backbone:SkeletonBackbone|str, # the first stream's backbone, or its name
+                   bb_opts:dict, # backbone options (when `backbone` is a name)
+                   shared_head:bool=False) -> Encoder:
+    "The query encoder of one more stream."
+    bb = build_backbone(backbone, **bb_opts) if isinstance(backbone, str) else copy.deepcopy(backbone)
+    enc = Encoder(bb, self.heads, self.config['dim'], self.config['hidden'], head=self.config['head'])
+    if shared_head:
+        C = bb.channels[-1]
+        enc.heads['z'] = nn.Sequential(nn.Linear(C, C), nn.ReLU(), self.encoder_q.heads['z'])
+    return enc
+
+# %% ../nbs/08_contrastive.ipynb #d7b928da
+@patch
+def _pair(self:CrosSCLR, s:str) -> tuple: # (query encoder, key encoder, queue) of stream s
+    if s == self.streams[0]: return self.encoder_q, self.encoder_k, self.queue
+    return self.stream_q[s], self.stream_k[s], self.stream_queues[s]
+
+# %% ../nbs/08_contrastive.ipynb #8bc6c75a
+@patch
+def cross(self:CrosSCLR, epoch:int) -> bool: return self.cross_epoch is not None and epoch >= self.cross_epoch
+
+# %% ../nbs/08_contrastive.ipynb #2575673a
+@patch
+def encode_streams(self:CrosSCLR, xq:Tensor, xk:Tensor, epoch:int) -> tuple:
+    "({stream: query outputs}, {stream: key outputs}, {stream: queue snapshot}), key encoders updated first."
     layout = self.backbone.config.get('layout')
     q, k, queues = {}, {}, {}
     for s in self.streams:
@@ -539,6 +607,12 @@ def forward(self:CrosSCLR, x:Tensor, g:torch.Generator|None=None, epoch:int=0) -
             if not (self.official_momentum and self.cross(epoch) and s != 'motion'): momentum_update(enc_k, enc_q, self.momentum)
             k[s] = enc_k(STREAMS[s](xk, layout))
         q[s], queues[s] = enc_q(STREAMS[s](xq, layout)), queue.keys.clone()
+    return q, k, queues
+
+# %% ../nbs/08_contrastive.ipynb #beea3d96
+@patch
+def stream_losses(self:CrosSCLR, q:dict, k:dict, queues:dict, epoch:int) -> dict: # {stream: loss}
+    "SkeletonCLR per stream before `cross_epoch`; cross-view mining with every partner stream after it."
     neg = {s: q[s]['z'] @ queues[s].detach().to(q[s]['z'].dtype).t() for s in self.streams}
     parts = {}
     for a in self.streams:
@@ -548,6 +622,14 @@ def forward(self:CrosSCLR, x:Tensor, g:torch.Generator|None=None, epoch:int=0) -
         losses = [info_nce(*ckm_logits_mask(q[a]['z'], k[a]['z'], neg[a], neg[b], self.temperature, self.topk, self.context))
                   for b in self.streams if b != a]
         parts[a] = sum(losses) / len(losses)
+    return parts
+
+# %% ../nbs/08_contrastive.ipynb #a6ba8b32
+@patch
+def forward(self:CrosSCLR, x:Tensor, g:torch.Generator|None=None, epoch:int=0) -> dict:
+    xq, xk = self.query_augment(x, g), self.key_augment(x, g)
+    q, k, queues = self.encode_streams(xq, xk, epoch)
+    parts = self.stream_losses(q, k, queues, epoch)
     for s in self.streams[1:]: self.stream_queues[s].enqueue(gather_keys(k[s]['z']))
     snip_keys, j = None, self.streams[0]
     if self.snippet: parts['snippet'], snip_keys = self.snippet_term(q[j], k[j], epoch)
@@ -557,6 +639,7 @@ def forward(self:CrosSCLR, x:Tensor, g:torch.Generator|None=None, epoch:int=0) -
 PRETEXTS = {'skeletonclr': SkeletonCLR, 'aimclr': AimCLR, 'rvtclr': RVTCLR, 'crossclr': CrosSCLR}
 METHODS = (*PRETEXTS, 'snipclr')
 
+# %% ../nbs/08_contrastive.ipynb #f4a75574
 # official epochs: one clip per recording (a Dataset of samples), float32 (no autocast in the official code)
 _NTU_RECIPE = dict(epochs=300, steps=(250,), lr=0.1, batch_size=128, momentum=0.9, nesterov=False, weight_decay=1e-4,
                    sampling='recordings', amp=False)
@@ -587,6 +670,8 @@ PRESETS = {
                                    weight_decay=1e-4, clip_len=300, lr_rule='snipclr', sampling='recordings', amp=False)),
     },
 }
+
+# %% ../nbs/08_contrastive.ipynb #a0027852
 # each official quirk and snipnb's correction of it: the 'snipnb' preset is 'official' with these
 QUIRKS = {'similarity': 'cosine', 'dense_key': 'normalized', 'frozen_snippet_pointer': False, 'dc_unscaled_positive': False,
           'init': 'default', 'shared_head': False, 'official_momentum': False, 'extreme': 'aimclr', 'graph': 'agcn'}
@@ -596,6 +681,7 @@ def _corrected(c:dict) -> dict:
                 train={k: v for k, v in c['train'].items() if k not in ('lr_rule', 'amp')})
 PRESETS['snipnb'] = {m: _corrected(c) for m, c in PRESETS['official'].items()}
 
+# %% ../nbs/08_contrastive.ipynb #a58d3961
 def preset_config(method:str='rvtclr', # one of `METHODS`
                   preset:str='light', # 'light', 'official' or 'snipnb'
                  ) -> dict: # {'backbone', 'backbone_options', 'options', 'train'} (copies)
@@ -604,6 +690,7 @@ def preset_config(method:str='rvtclr', # one of `METHODS`
     if preset not in PRESETS: raise ValueError(f"unknown preset {preset!r}; use one of {list(PRESETS)}")
     return copy.deepcopy(PRESETS[preset][method])
 
+# %% ../nbs/08_contrastive.ipynb #70f2751f
 def build_pretext(method:str='rvtclr', # one of `METHODS` ('snipclr' = rvtclr + snippet)
                   backbone:str|SkeletonBackbone|None=None, # None: the preset's
                   snippet:bool|None=None, # None: the preset's (True for 'snipclr')

@@ -6,20 +6,23 @@ Docs: https://snipnb.github.io/snipnb/datasets.html.md"""
 
 # %% ../nbs/04_datasets.ipynb #c6350b5e
 from __future__ import annotations
-import errno, hashlib, json, os, shutil, time, uuid
+import errno, hashlib, json, os, shutil, time, uuid, warnings
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 import numpy as np
 from fastcore.basics import patch
 from tqdm.auto import tqdm
+from . import formats as F
 from .config import get_setting, get_settings
 from .fileio import remove_stale, writer_lock, no_space
-from .skeleton import Sequence, labels_to_segments
+from .skeleton import Sequence, labels_to_segments, normalize_skeleton
 
 # %% auto #0
 __all__ = ['CACHE_VERSION', 'DATASET_NAMES', 'NTU60_XSUB_TRAIN', 'NTU120_XSUB_TRAIN', 'NpyAppender', 'cache_key',
            'files_fingerprint', 'build_cache', 'CacheDamaged', 'check_cache', 'Corpus', 'window_starts', 'clip_tensor',
-           'recording_windows', 'ClipDataset', 'DatasetNotFound', 'Source', 'prepare', 'ntu_split', 'ntu_source',
-           'pkummd_source', 'babel_source', 'synthetic_source', 'get_source', 'load_corpus']
+           'recording_windows', 'DatasetNotFound', 'Source', 'prepare', 'ntu_split', 'ntu_source', 'pkummd_source',
+           'babel_source', 'synthetic_source', 'get_source', 'load_corpus']
 
 # %% ../nbs/04_datasets.ipynb #7250ab65
 _HEADER_BYTES = 128  # total bytes before the data: magic (6) + version (2) + length (2) + header text
@@ -31,19 +34,25 @@ class NpyAppender:
         self.file = open(self.path, 'wb')
         self.file.write(b'\0' * _HEADER_BYTES)
 
-    def append(self, rows:np.ndarray):
-        rows = np.ascontiguousarray(rows, dtype=self.dtype)
-        if rows.shape[1:] != self.row_shape:
-            raise ValueError(f"{self.path.name}: rows of shape {rows.shape[1:]} appended to rows of shape {self.row_shape}")
-        self.file.write(rows.tobytes()); self.rows += len(rows)
+# %% ../nbs/04_datasets.ipynb #136b866b
+@patch
+def append(self:NpyAppender, rows:np.ndarray):
+    "Append `rows` (any number of them, each of the file's row shape)."
+    rows = np.ascontiguousarray(rows, dtype=self.dtype)
+    if rows.shape[1:] != self.row_shape:
+        raise ValueError(f"{self.path.name}: rows of shape {rows.shape[1:]} appended to rows of shape {self.row_shape}")
+    self.file.write(rows.tobytes()); self.rows += len(rows)
 
-    def close(self):
-        shape = (self.rows, *self.row_shape)
-        text = repr({'descr': np.lib.format.dtype_to_descr(self.dtype), 'fortran_order': False, 'shape': shape})
-        text = text.encode('latin1').ljust(_HEADER_BYTES - 10 - 1) + b'\n'
-        self.file.seek(0)
-        self.file.write(b'\x93NUMPY\x01\x00' + len(text).to_bytes(2, 'little') + text)
-        self.file.close()
+# %% ../nbs/04_datasets.ipynb #5894150e
+@patch
+def close(self:NpyAppender):
+    "Write the header with the final shape over the reserved bytes, and close: an ordinary .npy from here on."
+    shape = (self.rows, *self.row_shape)
+    text = repr({'descr': np.lib.format.dtype_to_descr(self.dtype), 'fortran_order': False, 'shape': shape})
+    text = text.encode('latin1').ljust(_HEADER_BYTES - 10 - 1) + b'\n'
+    self.file.seek(0)
+    self.file.write(b'\x93NUMPY\x01\x00' + len(text).to_bytes(2, 'little') + text)
+    self.file.close()
 
 # %% ../nbs/04_datasets.ipynb #fe2c6635
 CACHE_VERSION = 2  # bump when the cache layout changes: old caches are then rebuilt
@@ -55,12 +64,14 @@ def cache_key(source:dict, # what the data comes from (dataset name, files and t
     blob = json.dumps({'v': CACHE_VERSION, 'source': source, 'settings': settings}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
+# %% ../nbs/04_datasets.ipynb #6c095927
 def files_fingerprint(paths) -> list:
     "(name, size, mtime) of each file: changes when a source file changes."
     return sorted((str(p), p.stat().st_size, int(p.stat().st_mtime)) for p in map(Path, paths))
 
 # %% ../nbs/04_datasets.ipynb #4a06b4cf
 def _json_safe(o):
+    "`o` with everything JSON can hold as is: tuples as lists, numpy scalars as numbers, paths as text, big arrays by shape."
     if isinstance(o, dict): return {str(k): _json_safe(v) for k, v in o.items()}
     if isinstance(o, (list, tuple)): return [_json_safe(v) for v in o]
     if isinstance(o, np.ndarray): return o.tolist() if o.size <= 64 else f'array{tuple(o.shape)}'
@@ -68,12 +79,14 @@ def _json_safe(o):
     if isinstance(o, Path): return str(o)
     return o
 
+# %% ../nbs/04_datasets.ipynb #12fa8e66
 def _close_quietly(writer):
     "Close a half-written file while cleaning up: a full disk also fails the close (the flush), and that must not hide the first error."
     try:
         if writer is not None: writer.file.close()
     except OSError: pass
 
+# %% ../nbs/04_datasets.ipynb #03a38645
 def _install(tmp:Path, path:Path, replace:bool):
     "Rename the finished `tmp` to `path`; an existing cache is kept unless `replace`, and a builder that renames first wins."
     if (path/'index.json').exists() and not replace: shutil.rmtree(tmp, ignore_errors=True); return   # finished first elsewhere
@@ -89,8 +102,71 @@ def _install(tmp:Path, path:Path, replace:bool):
     finally:
         if aside is not None: shutil.rmtree(aside, ignore_errors=True)
 
+# %% ../nbs/04_datasets.ipynb #5d7a19c3
+def _fit_persons(joints:np.ndarray, M:int) -> np.ndarray:
+    "`joints` (T, M', V, C) with exactly `M` persons: absent ones padded with zeros, or the first `M` kept."
+    if joints.shape[1] == M: return joints
+    out = np.zeros((len(joints), M, *joints.shape[2:]), np.float32)
+    out[:, :min(M, joints.shape[1])] = joints[:, :M]
+    return out
+
+# %% ../nbs/04_datasets.ipynb #83cd5b22
+def _append_recording(seq:Sequence, frames:NpyAppender, labels:NpyAppender, layout:str, dims:tuple) -> int:
+    "Append one recording's frames (persons fitted to the cache's) and labels (-1 when unlabelled); returns its length."
+    j = seq.joints
+    if seq.layout != layout or j.shape[2:] != dims[1:]:
+        raise ValueError(f"{seq.name}: layout {seq.layout} {j.shape[2:]} differs from the corpus' {layout} {dims[1:]}")
+    frames.append(_fit_persons(j, dims[0]))
+    labels.append(seq.labels if seq.labels is not None else np.full(len(j), -1, np.int16))
+    return len(j)
+
+# %% ../nbs/04_datasets.ipynb #168da79d
+def _recording_entry(seq:Sequence) -> dict:
+    "What the cache keeps of a recording besides its arrays: name, fps, split, segments, JSON-safe metadata."
+    return {'name': seq.name, 'fps': seq.fps, 'labelled': seq.labels is not None,
+            'segments': [list(s) for s in seq.segments], 'split': seq.meta.get('split', ''),
+            'meta': _json_safe({k: v for k, v in seq.meta.items() if k != 'split'})}
+
+# %% ../nbs/04_datasets.ipynb #72fd09f8
 _CACHE_FILES = ('frames.npy', 'labels.npy', 'offsets.npy', 'recordings.json', 'index.json')
 
+def _write_index(tmp:Path, name:str, layout:str, class_names:tuple, settings:dict|None, offsets:list, recs:list, t0:float):
+    "The small files of the cache in `tmp`: offsets.npy, recordings.json and, last, index.json with the other files' sizes."
+    np.save(tmp/'offsets.npy', np.asarray(offsets, np.int64))
+    (tmp/'recordings.json').write_text(json.dumps([{'segments': r['segments'], 'meta': r['meta']} for r in recs]))
+    index = {'name': name, 'version': CACHE_VERSION, 'layout': layout, 'class_names': list(class_names),
+             'settings': _json_safe(settings or {}), 'build_seconds': round(time.time() - t0, 3),
+             **{f'{k}s' if k != 'fps' else k: [r[k] for r in recs] for k in ('name', 'split', 'fps', 'labelled')},
+             'bytes': {f: (tmp/f).stat().st_size for f in _CACHE_FILES[:-1]}}   # checked on every load
+    (tmp/'index.json').write_text(json.dumps(index))
+
+# %% ../nbs/04_datasets.ipynb #d6c2c0a4
+def _write_cache(sequences, tmp:Path, path:Path, name, class_names, num_persons, settings, total, progress, replace):
+    "The body of `build_cache`: write `tmp`, install it at `path`; on any error remove it and say why."
+    frames = labels = None
+    try:
+        tmp.mkdir()
+        offsets, recs, layout, dims, t0 = [0], [], None, None, time.time()
+        for seq in tqdm(sequences, total=total, desc=f'building {name}', disable=not progress, leave=False):
+            if frames is None:     # the first recording sets the layout and (unless given) the persons
+                layout, dims = seq.layout, (num_persons or seq.num_persons, *seq.joints.shape[2:])
+                frames = NpyAppender(tmp/'frames.npy', np.float32, dims)
+                labels = NpyAppender(tmp/'labels.npy', np.int16)
+            offsets.append(offsets[-1] + _append_recording(seq, frames, labels, layout, dims))
+            recs.append(_recording_entry(seq))
+        if frames is None: raise ValueError(f"{name}: no recordings to convert")
+        frames.close(); labels.close()
+        _write_index(tmp, name, layout, class_names, settings, offsets, recs, t0)
+        _install(tmp, path, replace)
+    except BaseException as e:
+        _close_quietly(frames); _close_quietly(labels)
+        shutil.rmtree(tmp, ignore_errors=True)
+        err = no_space(e, path.parent, f"the {name} cache {path.name}", "the partial cache was removed. Free space there, "
+                       "or set cache_dir (settings.ini or SNIPNB_CACHE_DIR) to a folder with room")
+        if err is not e: raise err from e
+        raise
+
+# %% ../nbs/04_datasets.ipynb #92377a43
 def build_cache(sequences, # iterable of `Sequence` (streamed: one in memory at a time)
                 path:str|Path, # the cache folder to create
                 name:str='corpus', # dataset name
@@ -109,49 +185,6 @@ def build_cache(sequences, # iterable of `Sequence` (streamed: one in memory at 
         _write_cache(sequences, tmp, path, name, class_names, num_persons, settings, total, progress, replace)
     return path
 
-def _write_cache(sequences, tmp:Path, path:Path, name, class_names, num_persons, settings, total, progress, replace):
-    "The body of `build_cache`: write `tmp`, install it at `path`; on any error remove it and say why."
-    frames = labels = None
-    try:
-        tmp.mkdir()
-        offsets, recs, layout, dims, t0 = [0], [], None, None, time.time()
-        for seq in tqdm(sequences, total=total, desc=f'building {name}', disable=not progress, leave=False):
-            j = seq.joints
-            if frames is None:
-                layout, M = seq.layout, num_persons or seq.num_persons
-                dims = (M, j.shape[2], j.shape[3])
-                frames = NpyAppender(tmp/'frames.npy', np.float32, dims)
-                labels = NpyAppender(tmp/'labels.npy', np.int16)
-            if seq.layout != layout or j.shape[2:] != dims[1:]:
-                raise ValueError(f"{seq.name}: layout {seq.layout} {j.shape[2:]} differs from the corpus' {layout} {dims[1:]}")
-            if j.shape[1] != dims[0]:   # pad with absent persons, or keep the first M
-                pad = np.zeros((len(j), dims[0], *dims[1:]), np.float32)
-                pad[:, :min(dims[0], j.shape[1])] = j[:, :dims[0]]
-                j = pad
-            frames.append(j)
-            labels.append(seq.labels if seq.labels is not None else np.full(len(j), -1, np.int16))
-            offsets.append(offsets[-1] + len(j))
-            recs.append({'name': seq.name, 'fps': seq.fps, 'labelled': seq.labels is not None,
-                         'segments': [list(s) for s in seq.segments], 'split': seq.meta.get('split', ''),
-                         'meta': _json_safe({k: v for k, v in seq.meta.items() if k != 'split'})})
-        if frames is None: raise ValueError(f"{name}: no recordings to convert")
-        frames.close(); labels.close()
-        np.save(tmp/'offsets.npy', np.asarray(offsets, np.int64))
-        (tmp/'recordings.json').write_text(json.dumps([{'segments': r['segments'], 'meta': r['meta']} for r in recs]))
-        index = {'name': name, 'version': CACHE_VERSION, 'layout': layout, 'class_names': list(class_names),
-                 'settings': _json_safe(settings or {}), 'build_seconds': round(time.time() - t0, 3),
-                 **{f'{k}s' if k != 'fps' else k: [r[k] for r in recs] for k in ('name', 'split', 'fps', 'labelled')},
-                 'bytes': {f: (tmp/f).stat().st_size for f in _CACHE_FILES[:-1]}}   # checked on every load
-        (tmp/'index.json').write_text(json.dumps(index))
-        _install(tmp, path, replace)
-    except BaseException as e:
-        _close_quietly(frames); _close_quietly(labels)
-        shutil.rmtree(tmp, ignore_errors=True)
-        err = no_space(e, path.parent, f"the {name} cache {path.name}", "the partial cache was removed. Free space there, "
-                       "or set cache_dir (settings.ini or SNIPNB_CACHE_DIR) to a folder with room")
-        if err is not e: raise err from e
-        raise
-
 # %% ../nbs/04_datasets.ipynb #652d0cc8
 class CacheDamaged(ValueError):
     "A file of a corpus cache is missing, truncated or disagrees with the cache's index.json."
@@ -161,6 +194,7 @@ class CacheDamaged(ValueError):
                          f"only: delete that folder and load the dataset again, or call load_corpus(..., rebuild=True), "
                          f"which rebuilds it from the dataset's source files")
 
+# %% ../nbs/04_datasets.ipynb #c7d4d57f
 def _npy_layout(path:Path, file:str) -> tuple:
     "(shape, dtype, fortran_order, data offset) from the header of a .npy file of a cache, reading no data."
     try:
@@ -172,6 +206,7 @@ def _npy_layout(path:Path, file:str) -> tuple:
             return shape, dtype, fortran, f.tell()
     except (OSError, ValueError, SyntaxError) as e: raise CacheDamaged(path, file, f"no readable .npy header: {e}") from None
 
+# %% ../nbs/04_datasets.ipynb #e2a56163
 def _check_npy(path:Path, file:str, dtype, shape:tuple):
     "Refuse `file` unless its header says `dtype` and `shape` (None: any size there) and its size is exactly that."
     got, got_dtype, fortran, start = _npy_layout(path, file)
@@ -183,10 +218,9 @@ def _check_npy(path:Path, file:str, dtype, shape:tuple):
                                         (": truncated" if size < need else ""))
     return got
 
-def check_cache(path:str|Path, # a cache folder written by `build_cache`
-               ) -> dict:
-    "The index of the cache at `path`, after checking every file against it; raises `CacheDamaged` naming the file."
-    path = Path(path)
+# %% ../nbs/04_datasets.ipynb #1569de0d
+def _read_index(path:Path) -> dict:
+    "index.json of the cache at `path`, once every file of a cache is there and the index has this version's fields."
     present = [f for f in _CACHE_FILES if (path/f).exists()]
     if not present: raise FileNotFoundError(f"{path}: not a snipnb corpus cache (missing {', '.join(_CACHE_FILES)})")
     for f in _CACHE_FILES:
@@ -200,7 +234,11 @@ def check_cache(path:str|Path, # a cache folder written by `build_cache`
     for k in ('names', 'splits', 'fps', 'labelleds', 'class_names'):
         if not isinstance(index.get(k), list) or k != 'class_names' and len(index[k]) != len(names):
             raise CacheDamaged(path, 'index.json', f"field {k!r} is not a list of one entry per recording")
-    n = len(names)
+    return index
+
+# %% ../nbs/04_datasets.ipynb #cc973b54
+def _check_offsets(path:Path, n:int) -> int:
+    "Check offsets.npy: `n` + 1 offsets from 0, never decreasing; returns the number of frames they cover."
     _check_npy(path, 'offsets.npy', np.int64, (n + 1,))
     offsets = np.load(path/'offsets.npy')
     steps = np.diff(offsets)
@@ -208,7 +246,15 @@ def check_cache(path:str|Path, # a cache folder written by `build_cache`
         bad = 0 if offsets[0] != 0 else int(np.argmax(steps < 0)) + 1
         raise CacheDamaged(path, 'offsets.npy', f"offset {bad} is {offsets[bad]}, "
                                                 f"{'expected 0' if bad == 0 else f'less than offset {bad - 1} ({offsets[bad - 1]})'}")
-    T = int(offsets[-1])
+    return int(offsets[-1])
+
+# %% ../nbs/04_datasets.ipynb #b889abe3
+def check_cache(path:str|Path, # a cache folder written by `build_cache`
+               ) -> dict:
+    "The index of the cache at `path`, after checking every file against it; raises `CacheDamaged` naming the file."
+    path = Path(path)
+    index = _read_index(path)
+    T = _check_offsets(path, len(index['names']))
     _check_npy(path, 'frames.npy', np.float32, (T, None, None, None))
     _check_npy(path, 'labels.npy', np.int16, (T,))
     for f, size in (index.get('bytes') or {}).items():     # recorded at build time (caches built since this check)
@@ -231,56 +277,65 @@ class Corpus:
         base_names = tuple(self.index['class_names'])
         self.class_names = tuple(class_names) if class_names is not None else base_names
         self.label_map = np.arange(len(base_names)) if label_map is None else np.asarray(label_map)
-
-    # --- recordings of this view
     def __len__(self): return len(self.indices)
-    @property
-    def name(self) -> str: return self.index['name']
-    @property
-    def layout(self) -> str: return self.index['layout']
-    @property
-    def num_classes(self) -> int: return len(self.class_names) - 1
-    def _details(self) -> list:
-        "Segments and metadata of every recording of the cache, read on first use (shared by all views)."
-        if '_details' not in self.index:
-            try: details = json.loads((self.path/'recordings.json').read_bytes())
-            except ValueError as e: raise CacheDamaged(self.path, 'recordings.json', f"not valid JSON: {e}") from None
-            if not isinstance(details, list) or len(details) != len(self.index['names']):
-                raise CacheDamaged(self.path, 'recordings.json', "not a list of one entry per recording")
-            self.index['_details'] = details
-        return self.index['_details']
-    @property
-    def recordings(self) -> list:
-        "Name, split, fps, labelled, segments and metadata of each recording of this view."
-        d = self._details()
-        return [{'name': self.index['names'][i], 'split': self.index['splits'][i], 'fps': self.index['fps'][i],
-                 'labelled': self.index['labelleds'][i], **d[i]} for i in self.indices]
-    @property
-    def names(self) -> list: return [self.index['names'][i] for i in self.indices]
-    @property
-    def splits(self) -> list: return [self.index['splits'][i] for i in self.indices]
-    @property
-    def lengths(self) -> np.ndarray: return (self.offsets[1:] - self.offsets[:-1])[self.indices]
-    @property
-    def num_frames(self) -> int: return int(self.lengths.sum())
-    @property
-    def shape(self) -> tuple: return self.frames.shape[1:]   # (M, V, C)
-    @property
-    def split_names(self) -> list: return sorted(set(self.splits))
 
-    def _view(self, indices=None, label_map=None, class_names=None) -> 'Corpus':
-        return Corpus(self.path, self.indices if indices is None else indices,
-                      self.label_map if label_map is None else label_map,
-                      self.class_names if class_names is None else class_names,
-                      _arrays=(self.frames, self._labels, self.offsets, self.index))
+# %% ../nbs/04_datasets.ipynb #03442110
+@patch(as_prop=True)
+def name(self:Corpus) -> str: return self.index['name']
+@patch(as_prop=True)
+def layout(self:Corpus) -> str: return self.index['layout']
+@patch(as_prop=True)
+def num_classes(self:Corpus) -> int: return len(self.class_names) - 1
 
-    def __repr__(self):
-        splits = {s: self.splits.count(s) for s in self.split_names}
-        return (f"Corpus({self.name!r}, {len(self)} recordings, {self.num_frames} frames, M,V,C={self.shape}, "
-                f"{self.num_classes} classes, splits={splits})")
+# %% ../nbs/04_datasets.ipynb #9d430412
+@patch
+def _details(self:Corpus) -> list:
+    "Segments and metadata of every recording of the cache, read on first use (shared by all views)."
+    if '_details' not in self.index:
+        try: details = json.loads((self.path/'recordings.json').read_bytes())
+        except ValueError as e: raise CacheDamaged(self.path, 'recordings.json', f"not valid JSON: {e}") from None
+        if not isinstance(details, list) or len(details) != len(self.index['names']):
+            raise CacheDamaged(self.path, 'recordings.json', "not a list of one entry per recording")
+        self.index['_details'] = details
+    return self.index['_details']
 
-    @classmethod
-    def load(cls, path:str|Path) -> 'Corpus': return cls(path)
+# %% ../nbs/04_datasets.ipynb #341bebc8
+@patch(as_prop=True)
+def recordings(self:Corpus) -> list:
+    "Name, split, fps, labelled, segments and metadata of each recording of this view."
+    d = self._details()
+    return [{'name': self.index['names'][i], 'split': self.index['splits'][i], 'fps': self.index['fps'][i],
+             'labelled': self.index['labelleds'][i], **d[i]} for i in self.indices]
+
+# %% ../nbs/04_datasets.ipynb #0af39e9f
+@patch(as_prop=True)
+def names(self:Corpus) -> list: return [self.index['names'][i] for i in self.indices]
+@patch(as_prop=True)
+def splits(self:Corpus) -> list: return [self.index['splits'][i] for i in self.indices]
+@patch(as_prop=True)
+def lengths(self:Corpus) -> np.ndarray: return (self.offsets[1:] - self.offsets[:-1])[self.indices]
+@patch(as_prop=True)
+def num_frames(self:Corpus) -> int: return int(self.lengths.sum())
+@patch(as_prop=True)
+def shape(self:Corpus) -> tuple: return self.frames.shape[1:]   # (M, V, C)
+@patch(as_prop=True)
+def split_names(self:Corpus) -> list: return sorted(set(self.splits))
+
+# %% ../nbs/04_datasets.ipynb #5be01ff4
+@patch
+def _view(self:Corpus, indices=None, label_map=None, class_names=None) -> Corpus:
+    "A view of the same cache (arrays and index shared) with other recordings, label map or class names."
+    return Corpus(self.path, self.indices if indices is None else indices,
+                  self.label_map if label_map is None else label_map,
+                  self.class_names if class_names is None else class_names,
+                  _arrays=(self.frames, self._labels, self.offsets, self.index))
+
+# %% ../nbs/04_datasets.ipynb #344508d6
+@patch
+def __repr__(self:Corpus):
+    splits = {s: self.splits.count(s) for s in self.split_names}
+    return (f"Corpus({self.name!r}, {len(self)} recordings, {self.num_frames} frames, M,V,C={self.shape}, "
+            f"{self.num_classes} classes, splits={splits})")
 
 # %% ../nbs/04_datasets.ipynb #a486057d
 def _map_labels(corpus, raw:np.ndarray) -> np.ndarray:
@@ -307,25 +362,37 @@ def split(self:Corpus, name:str) -> Corpus:
     if unknown: raise KeyError(f"{self.name}: no split {', '.join(sorted(unknown))}; splits: {', '.join(self.split_names)}")
     return self._view(self.indices[np.array([s in wanted for s in self.splits], bool)])
 
+# %% ../nbs/04_datasets.ipynb #54eba90d
+def _class_id(corpus:Corpus, c) -> int:
+    "The id in `corpus` of class `c` (a name or an id); KeyError when there is no such class (background is none)."
+    k = (corpus.class_names.index(c) if c in corpus.class_names else -1) if isinstance(c, str) else int(c)
+    if not 0 < k < len(corpus.class_names): raise KeyError(f"{corpus.name}: unknown class {c!r}")
+    return k
+
+@patch
+def _holding(self:Corpus, label_map:np.ndarray) -> np.ndarray:
+    "Which recordings of this view hold a frame that `label_map` sends to a class (not to background)."
+    keep = []
+    for i in self.indices:
+        raw = np.asarray(self._labels[self.offsets[i]:self.offsets[i + 1]])
+        keep.append((raw >= 0).any() and (label_map[raw[raw >= 0]] > 0).any())
+    return np.asarray(keep, bool)
+
+# %% ../nbs/04_datasets.ipynb #ec3db9f9
 @patch
 def subset(self:Corpus, classes, # class names (or ids of this view) that become 1..k
             keep_all:bool=False, # keep recordings without any of `classes` (as all-background)
            ) -> Corpus:
     "A view where `classes` are 1..k and every other class is background."
-    ids = [self.class_names.index(c) if isinstance(c, str) else int(c) for c in classes]
-    for c, k in zip(classes, ids):
-        if not 0 < k < len(self.class_names): raise KeyError(f"{self.name}: unknown class {c!r}")
+    ids = [_class_id(self, c) for c in classes]
     remap = np.zeros(len(self.class_names), dtype=np.int64)
     remap[ids] = np.arange(1, len(ids) + 1)
     label_map = remap[self.label_map]
-    keep = []
-    for i in self.indices:
-        a, b = self.offsets[i], self.offsets[i + 1]
-        raw = np.asarray(self._labels[a:b])
-        keep.append(keep_all or (raw >= 0).any() and (label_map[raw[raw >= 0]] > 0).any())
+    keep = np.ones(len(self), bool) if keep_all else self._holding(label_map)
     names = ('background', *[self.class_names[k] for k in ids])
-    return self._view(self.indices[np.asarray(keep, bool)], label_map, names)
+    return self._view(self.indices[keep], label_map, names)
 
+# %% ../nbs/04_datasets.ipynb #3c8043de
 @patch
 def label_fraction(self:Corpus, fraction:float, # share of videos kept, in (0, 1]
                     seed:int=0) -> Corpus:
@@ -344,6 +411,7 @@ def window_starts(num_frames:int, length:int, stride:int) -> np.ndarray:
     if starts[-1] != num_frames - length: starts = np.r_[starts, num_frames - length]
     return starts.astype(np.int64)
 
+# %% ../nbs/04_datasets.ipynb #dbfee6aa
 @patch
 def windows(self:Corpus, length:int, # frames per clip
              stride:int|None=None, # frames between starts (default `length`: no overlap; longer than `length` skips frames)
@@ -396,6 +464,30 @@ def recording_windows(corpus:Corpus, length:int, seed:int=0) -> np.ndarray:
     starts = np.floor(np.random.default_rng(seed).random(len(room)) * (room + 1)).astype(np.int64)
     return np.stack([np.arange(len(room)), starts], 1)
 
+# %% ../nbs/04_datasets.ipynb #4258991e
+@patch
+def _batch_order(self:Corpus, length:int, stride:int|None, shuffle:bool, seed:int, shard:tuple, windows:np.ndarray|None) -> np.ndarray:
+    "The (position, start) rows of one epoch in batch order: shuffled with `seed`, then this rank's equal share."
+    win = self.windows(length, stride) if windows is None else np.asarray(windows, np.int64).reshape(-1, 2)
+    if shuffle: win = win[np.random.default_rng(seed).permutation(len(win))]
+    rank, world = shard
+    if world > 1: win = win[:len(win) // world * world][rank::world]   # equal shares: ranks step together
+    return win
+
+# %% ../nbs/04_datasets.ipynb #92653b35
+def _device_clips(corpus:Corpus, device):
+    "Copy the whole corpus to `device` once; returns (positions, starts, length, pad) -> (x, y, mask) gathered there."
+    import torch
+    frames = torch.as_tensor(np.asarray(corpus.frames), device=device)
+    labels = torch.as_tensor(_map_labels(corpus, corpus._labels), device=device)
+    offsets = torch.as_tensor(corpus.offsets, device=device); idx = torch.as_tensor(corpus.indices, device=device)
+    def clips(pos, st, length, pad='zero'):
+        recs = idx[torch.as_tensor(pos, device=device)]
+        x, flat, mask = clip_tensor(frames, st, length, pad, offsets[recs], offsets[recs + 1] - offsets[recs])
+        return x, torch.where(mask, labels[flat], -1), mask
+    return clips
+
+# %% ../nbs/04_datasets.ipynb #25457816
 @patch
 def batches(self:Corpus, length:int, # frames per clip
              batch_size:int=32, stride:int|None=None, shuffle:bool=True, seed:int=0, pad:str='zero',
@@ -409,50 +501,24 @@ def batches(self:Corpus, length:int, # frames per clip
     import torch
     from snipnb.config import get_device
     device = get_device(device)
-    win = self.windows(length, stride) if windows is None else np.asarray(windows, np.int64).reshape(-1, 2)
-    if shuffle: win = win[np.random.default_rng(seed).permutation(len(win))]
-    rank, world = shard
-    if world > 1: win = win[:len(win) // world * world][rank::world]   # equal shares: ranks step together
+    win = self._batch_order(length, stride, shuffle, seed, shard, windows)
     stop = len(win) - (len(win) % batch_size if drop_last else 0)
-    if on_device:
-        frames = torch.as_tensor(np.asarray(self.frames), device=device)
-        labels = torch.as_tensor(_map_labels(self, self._labels), device=device)
-        offsets = torch.as_tensor(self.offsets, device=device); idx = torch.as_tensor(self.indices, device=device)
+    gather = _device_clips(self, device) if on_device else None
     for b in range(skip * batch_size, stop, batch_size):
         pos, st = win[b:b + batch_size, 0], win[b:b + batch_size, 1]
-        if on_device:
-            recs = idx[torch.as_tensor(pos, device=device)]
-            x, flat, mask = clip_tensor(frames, st, length, pad, offsets[recs], offsets[recs + 1] - offsets[recs])
-            y = torch.where(mask, labels[flat], -1)
+        if on_device: x, y, mask = gather(pos, st, length, pad)
         else:
             x, y, mask = self.clips(pos, st, length, pad)
             x, y, mask = (torch.from_numpy(v).to(device, non_blocking=True) for v in (x, y, mask))
         yield {'x': x, 'y': y, 'mask': mask, 'position': torch.as_tensor(pos), 'start': torch.as_tensor(st)}
 
-# %% ../nbs/04_datasets.ipynb #9bb11838
-import torch.utils.data
-
-class ClipDataset(torch.utils.data.Dataset):
-    "Fixed-length clips of a `Corpus` for a DataLoader: item -> (x (C, T, V, M), y (T,), mask (T,))."
-    def __init__(self, corpus:Corpus, length:int, stride:int|None=None, pad:str='zero'):
-        self.corpus, self.length, self.pad = corpus, length, pad
-        self.win = corpus.windows(length, stride)
-    def __len__(self): return len(self.win)
-    def __getitem__(self, i):
-        x, y, m = self.corpus.clips(self.win[i:i + 1, 0], self.win[i:i + 1, 1], self.length, self.pad)
-        return torch.from_numpy(x[0]), torch.from_numpy(y[0]), torch.from_numpy(m[0])
-
 # %% ../nbs/04_datasets.ipynb #5b876660
-from dataclasses import dataclass, field
-from typing import Callable
-import warnings
-from .skeleton import normalize_skeleton
-
 class DatasetNotFound(FileNotFoundError):
     "A dataset is not where settings.ini says it is; the message says how to get it."
 
 DATASET_NAMES = ('synthetic', 'ntu60', 'ntu120', 'pkummd', 'babel', 'babel1', 'babel2', 'babel3')
 
+# %% ../nbs/04_datasets.ipynb #c24f2240
 @dataclass
 class Source:
     "How to convert one dataset: class names, units of work, a reader, and what keys the cache."
@@ -464,6 +530,7 @@ class Source:
     fingerprint: object = None              # identifies the input (files, sizes, mtimes)
     num_persons: int = 2
 
+# %% ../nbs/04_datasets.ipynb #06f75bef
 def prepare(seq:Sequence, normalize:bool=True, drop_empty:bool=False) -> Sequence:
     "Apply the conversion settings to one recording (drop empty frames only for trimmed clips)."
     if drop_empty:
@@ -490,8 +557,6 @@ def ntu_split(info:dict, # from `ntu_name_info`: setup, camera, performer, repli
     raise ValueError(f"unknown NTU benchmark {benchmark!r}; use 'xsub', 'xview' (NTU60) or 'xset' (NTU120)")
 
 # %% ../nbs/04_datasets.ipynb #4ca3de85
-from . import formats as F
-
 _HOW_TO_GET = {
     'ntu60': "request NTU RGB+D from the ROSE lab (https://rose1.ntu.edu.sg/dataset/actionRecognition/), download "
              "nturgbd_skeletons_s001_to_s017.zip and unzip its .skeleton files there, with "
@@ -513,12 +578,9 @@ def _not_found(name:str, root:Path, what:str) -> DatasetNotFound:
     return DatasetNotFound(f"{name}: {what} under {root}. To get it: {_HOW_TO_GET[key]}. Or point snipnb at it with "
                            f"{key}_root in settings.ini or SNIPNB_{key.upper()}_ROOT (see data/README.md).")
 
-def ntu_source(name:str='ntu60', # 'ntu60' or 'ntu120'
-               root=None, # the dataset folder (default: the `<name>_root` setting)
-               benchmark:str='xsub', normalize:bool=True) -> Source:
-    "NTU RGB+D 60 or 120: trimmed clips, one action each."
-    num_classes = {'ntu60': 60, 'ntu120': 120}[name]
-    root = Path(get_settings().dataset_root(name) if root is None else root)
+# %% ../nbs/04_datasets.ipynb #ba6eb26a
+def _ntu_files(root:Path, num_classes:int) -> tuple:
+    "(files, reader, missing) of an NTU root: .skeleton files (else txt2npy .npy) of the wanted actions and setups, less the official missing list."
     files = sorted(root.rglob('*.skeleton')) if root.is_dir() else []
     reader = F.read_ntu_skeleton
     if not files and root.is_dir(): files, reader = sorted(root.rglob('*.skeleton.npy')), F.read_ntu_npy
@@ -529,7 +591,16 @@ def ntu_source(name:str='ntu60', # 'ntu60' or 'ntu120'
         info = F.ntu_name_info(p.name)
         return info is not None and info['action'] <= num_classes and (num_classes == 120 or info['setup'] <= 17) \
                and p.name.split('.')[0] not in missing
-    files = [p for p in files if wanted(p)]
+    return [p for p in files if wanted(p)], reader, missing
+
+# %% ../nbs/04_datasets.ipynb #57b83c29
+def ntu_source(name:str='ntu60', # 'ntu60' or 'ntu120'
+               root=None, # the dataset folder (default: the `<name>_root` setting)
+               benchmark:str='xsub', normalize:bool=True) -> Source:
+    "NTU RGB+D 60 or 120: trimmed clips, one action each."
+    num_classes = {'ntu60': 60, 'ntu120': 120}[name]
+    root = Path(get_settings().dataset_root(name) if root is None else root)
+    files, reader, missing = _ntu_files(root, num_classes)
     if not files: raise _not_found(name, root, "no NTU RGB+D .skeleton (or txt2npy .npy) files")
     ntu_split(F.ntu_name_info(files[0].name), benchmark, num_classes)   # check the benchmark name now
     def read(path):
@@ -547,6 +618,7 @@ def _find_dir(root:Path, name:str) -> Path|None:
     found = sorted(p for p in root.rglob(name) if p.is_dir()) if root.is_dir() else []
     return found[0] if found else None
 
+# %% ../nbs/04_datasets.ipynb #5bf98e70
 def pkummd_source(root=None, # the PKU-MMD folder (default: the `pkummd_root` setting)
                   benchmark:str='xsub', # 'xsub' (cross-subject) or 'xview' (cross-view)
                   normalize:bool=True) -> Source:
@@ -582,6 +654,28 @@ def _amass_candidates(amass_root:Path, feat_p:str) -> list:
     for r in rels: out += [amass_root/'joints'/r.with_suffix('.npy'), amass_root/'joints'/r]
     return out + [amass_root/r for r in rels]
 
+# %% ../nbs/04_datasets.ipynb #e6d62fbe
+def _fps_table(*folders:Path) -> dict:
+    "featp_2_fps.json from the first of `folders` that has one ({} when none does)."
+    for folder in folders:
+        if (folder/'featp_2_fps.json').exists(): return json.loads((folder/'featp_2_fps.json').read_text())
+    return {}
+
+# %% ../nbs/04_datasets.ipynb #081e1c8f
+def _babel_motions(name:str, jsons:list, amass_root:Path) -> list:
+    "(sequence id, annotation, split, motion file) of every BABEL sequence whose AMASS motion is found; warns about the others."
+    items = [(sid, ann, s) for path, s in jsons for sid, ann in F.read_babel(path).items()]
+    def find(ann):
+        return next((p for p in _amass_candidates(amass_root, ann.get('feat_p', '')) if p.is_file()), None)
+    present = [(sid, ann, s, find(ann)) for sid, ann, s in items]
+    present = [x for x in present if x[3] is not None]
+    if not present: raise _not_found(name, amass_root, f"no AMASS motion for any of the {len(items)} BABEL sequences")
+    if len(present) < len(items):
+        warnings.warn(f"{name}: {len(items) - len(present)} of {len(items)} BABEL sequences have no AMASS motion under "
+                      f"{amass_root}; converting the {len(present)} that do")
+    return present
+
+# %% ../nbs/04_datasets.ipynb #d287a100
 def babel_source(name:str='babel', # 'babel' (whole set) or 'babel1', 'babel2', 'babel3'
                  root=None, # folder of train.json / val.json (default: the `babel_root` setting)
                  amass_root=None, # folder of the AMASS motions (default: the `amass_root` setting)
@@ -593,18 +687,8 @@ def babel_source(name:str='babel', # 'babel' (whole set) or 'babel1', 'babel2', 
     amass_root = Path(settings.dataset_root('amass') if amass_root is None else amass_root)
     jsons = [(root/f'{s}.json', s) for s in ('train', 'val') if (root/f'{s}.json').exists()]
     if not jsons: raise _not_found(name, root, "no BABEL train.json or val.json")
-    fps_table = {}
-    for folder in (root, amass_root):
-        if (folder/'featp_2_fps.json').exists(): fps_table = json.loads((folder/'featp_2_fps.json').read_text()); break
-    items = [(sid, ann, s) for path, s in jsons for sid, ann in F.read_babel(path).items()]
-    def find(ann):
-        return next((p for p in _amass_candidates(amass_root, ann.get('feat_p', '')) if p.is_file()), None)
-    present = [(sid, ann, s, find(ann)) for sid, ann, s in items]
-    present = [x for x in present if x[3] is not None]
-    if not present: raise _not_found(name, amass_root, f"no AMASS motion for any of the {len(items)} BABEL sequences")
-    if len(present) < len(items):
-        warnings.warn(f"{name}: {len(items) - len(present)} of {len(items)} BABEL sequences have no AMASS motion under "
-                      f"{amass_root}; converting the {len(present)} that do")
+    fps_table = _fps_table(root, amass_root)
+    present = _babel_motions(name, jsons, amass_root)
     classes = F.babel_classes(subset)
     def read(item):
         sid, ann, s, path = item
@@ -640,6 +724,7 @@ def get_source(name:str, **options) -> Source:
     if name in ('babel', 'babel1', 'babel2', 'babel3'): return babel_source(name, **options)
     raise KeyError(f"unknown dataset {name!r}; known: {', '.join(DATASET_NAMES)} (or names joined by '+')")
 
+# %% ../nbs/04_datasets.ipynb #6d407b11
 def _cache_path(cache_dir, name, key) -> Path:
     return Path(get_setting('cache_dir', cache_dir))/f'{name}-{key}'
 
@@ -662,6 +747,23 @@ def _concat_source(parts:list) -> Source:
     return Source('+'.join(c.name for c in parts), tuple(names), items, read, {'parts': [c.path.name for c in parts]},
                   None, num_persons=max(c.shape[0] for c in parts))
 
+# %% ../nbs/04_datasets.ipynb #75dc6893
+def _joined_source(name:str, cache_dir, rebuild:bool, progress:bool, options:dict) -> tuple:
+    "(source, cache key) of names joined by '+': each part loaded (or built) as its own corpus first."
+    names = name.split('+')
+    common = {k: v for k, v in options.items() if k not in names}
+    parts = [load_corpus(n, cache_dir=cache_dir, rebuild=rebuild, progress=progress, **{**common, **options.get(n, {})})
+             for n in names]
+    return _concat_source(parts), cache_key({'concat': [c.path.name for c in parts]}, {})
+
+def _cached_corpus(path:Path, name:str) -> Corpus|None:
+    "The cache at `path`, or None (with a warning naming the file) when it is damaged."
+    try: return Corpus(path)
+    except CacheDamaged as e:          # derived data, and the source is at hand: rebuild it
+        warnings.warn(f"{e.file} of the {name} cache {path} is damaged ({e.what}); rebuilding the cache from its source")
+        return None
+
+# %% ../nbs/04_datasets.ipynb #fc0e080d
 def load_corpus(name:str, # 'synthetic', 'ntu60', 'ntu120', 'pkummd', 'babel', 'babel1'..'babel3', or names joined by '+'
                 split:str|None=None, # return only this split ('train', 'test', 'train+val', ...)
                 cache_dir=None, # where caches go (default: the `cache_dir` setting)
@@ -671,23 +773,15 @@ def load_corpus(name:str, # 'synthetic', 'ntu60', 'ntu120', 'pkummd', 'babel', '
                            # dataset's name takes a dict of options for that part only (ntu60={'root': ...})
                ) -> Corpus:
     "A dataset by name, converted once into a memory-mapped cache and loaded from it afterwards."
-    if '+' in name:
-        names = name.split('+')
-        common = {k: v for k, v in options.items() if k not in names}
-        parts = [load_corpus(n, cache_dir=cache_dir, rebuild=rebuild, progress=progress, **{**common, **options.get(n, {})})
-                 for n in names]
-        src = _concat_source(parts)
-        key = cache_key({'concat': [c.path.name for c in parts]}, {})
+    if '+' in name: src, key = _joined_source(name, cache_dir, rebuild, progress, options)
     else:
         src = get_source(name, **options)
         key = cache_key({'name': name, 'files': src.fingerprint}, src.settings)
     path = _cache_path(cache_dir, src.name, key)
     if not rebuild and (path/'index.json').exists():
-        try: corpus = Corpus(path)
-        except CacheDamaged as e:          # derived data, and the source is at hand: rebuild it
-            warnings.warn(f"{e.file} of the {src.name} cache {path} is damaged ({e.what}); rebuilding the cache from its source")
-            rebuild = True
-        else: return corpus.split(split) if split else corpus
+        corpus = _cached_corpus(path, src.name)
+        if corpus is not None: return corpus.split(split) if split else corpus
+        rebuild = True                     # damaged: replaced by a fresh build
     build_cache((s for s in map(src.read, src.items) if s is not None), path, name=src.name,
                 class_names=src.class_names, num_persons=src.num_persons, settings=src.settings,
                 total=len(src.items), progress=progress, replace=rebuild)

@@ -50,11 +50,13 @@ def pid_alive(pid:str|int) -> bool:
     except PermissionError: return True
     return True
 
+# %% ../nbs/00_io.ipynb #328adae2
 def _lock_path(tmp:Path) -> Path:
     "The lock beside a temporary folder; a folder set aside under `NAME-old` shares its writer's lock."
     name = tmp.name[:-len('-old')] if tmp.name.endswith('-old') else tmp.name
     return tmp.with_name(f'{name}.lock')
 
+# %% ../nbs/00_io.ipynb #ed517860
 def _lock_free(lock:Path) -> bool:
     "Whether nobody holds `lock` (its holder finished or died)."
     try:
@@ -72,6 +74,7 @@ def writer_lock(tmp:str|Path, # the temporary folder this process is about to wr
         try: yield Path(tmp)
         finally: Path(lock.lock_file).unlink(missing_ok=True)
 
+# %% ../nbs/00_io.ipynb #b82b9d94
 def is_stale(tmp:str|Path) -> bool:
     "Whether temporary `tmp` was left by a writer that is gone: its lock is free, or without a lock its process is dead."
     tmp = Path(tmp)

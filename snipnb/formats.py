@@ -6,7 +6,7 @@ Docs: https://snipnb.github.io/snipnb/formats.html.md"""
 
 # %% ../nbs/02_formats.ipynb #fca5d856
 from __future__ import annotations
-import builtins, codecs, json, os, pickle, re, warnings
+import builtins, codecs, json, pickle, re, warnings
 from pathlib import Path
 import numpy as np
 from .config import get_setting
@@ -26,11 +26,13 @@ class FormatError(ValueError):
     "A file snipnb cannot read; the message names the file, the line or frame, and what was expected."
 
 def _fail(path, msg:str, line:int|None=None, frame:int|None=None):
+    "Raise a `FormatError` naming `path`, and `line` and `frame` when given."
     where = str(path)
     if line is not None: where += f", line {line}"
     if frame is not None: where += f" (frame {frame})"
     raise FormatError(f"{where}: {msg}")
 
+# %% ../nbs/02_formats.ipynb #91dd8470
 def _read_text(path) -> str:
     "The text of a UTF-8 file; a binary file is refused with the offset of its first byte that is not UTF-8."
     try: return Path(path).read_text(encoding='utf-8')
@@ -81,6 +83,7 @@ def ntu_name_info(name:str, # a sample name or file name, e.g. 'S001C001P001R001
     if m is None: return None
     return {'sample': m.group(0), **dict(zip(('setup', 'camera', 'performer', 'replication', 'action'), map(int, m.groups())))}
 
+# %% ../nbs/02_formats.ipynb #fa444034
 def ntu_class_names(action:int, # the 1-based NTU action id (A###)
                     num_classes:int|None=None, # 60 or 120; None: 60 when action <= 60, else 120
                     source:str='', # file name, for messages
@@ -97,17 +100,15 @@ def _body_energy(x:np.ndarray) -> float:
     x = x[np.abs(x).reshape(len(x), -1).sum(1) > 0]
     return 0.0 if len(x) == 0 else float(sum(x[..., c].std() for c in range(x.shape[-1])))
 
+# %% ../nbs/02_formats.ipynb #907caced
 def _check_max_bodies(max_bodies, source:str=''):
+    "Refuse a `max_bodies` that is not a positive integer, naming `source`."
     if isinstance(max_bodies, bool) or not isinstance(max_bodies, (int, np.integer)) or max_bodies < 1:
         raise ValueError(f"{source + ': ' if source else ''}max_bodies must be a positive integer, got {max_bodies}")
 
-def select_bodies(frames:list, # per frame, a list of (body id, (V, C) joints) in file order
-                  max_bodies:int=2, # bodies kept
-                  rule:str='id', # 'id': one body per tracking id; 'slot': one per position in the frame
-                 ) -> tuple:  # ((T, max_bodies, V, C) float32, kept body keys)
-    "Keep the `max_bodies` most active bodies (2s-AGCN energy), in order of first appearance."
-    _check_max_bodies(max_bodies)
-    if rule not in ('id', 'slot'): raise ValueError(f"rule must be 'id' or 'slot', got {rule!r}")
+# %% ../nbs/02_formats.ipynb #a25046b7
+def _body_tracks(frames:list, rule:str) -> dict:
+    "{body key: [(frame, (V, C) joints), ...]} in order of first appearance; a key is the tracking id ('id') or slot ('slot')."
     tracks = {}
     for t, bodies in enumerate(frames):
         seen = set()
@@ -115,6 +116,17 @@ def select_bodies(frames:list, # per frame, a list of (body id, (V, C) joints) i
             key = m if rule == 'slot' else (bid if bid not in seen else f'{bid}#{m}')  # a repeated id is its own track
             seen.add(key)
             tracks.setdefault(key, []).append((t, xyz))
+    return tracks
+
+# %% ../nbs/02_formats.ipynb #145966cb
+def select_bodies(frames:list, # per frame, a list of (body id, (V, C) joints) in file order
+                  max_bodies:int=2, # bodies kept
+                  rule:str='id', # 'id': one body per tracking id; 'slot': one per position in the frame
+                 ) -> tuple:  # ((T, max_bodies, V, C) float32, kept body keys)
+    "Keep the `max_bodies` most active bodies (2s-AGCN energy), in order of first appearance."
+    _check_max_bodies(max_bodies)
+    if rule not in ('id', 'slot'): raise ValueError(f"rule must be 'id' or 'slot', got {rule!r}")
+    tracks = _body_tracks(frames, rule)
     order = list(tracks)                                   # first appearance: frame, then position
     energy = {k: _body_energy(np.stack([x for _, x in v])) for k, v in tracks.items()}
     best = set(sorted(order, key=lambda k: -energy[k])[:max_bodies])   # stable sort: ties keep the earlier body
@@ -127,10 +139,20 @@ def select_bodies(frames:list, # per frame, a list of (body id, (V, C) joints) i
 
 # %% ../nbs/02_formats.ipynb #b6ccffc6
 def _int_line(path, lines, i:int, what:str, frame=None) -> int:
+    "The one integer on line `i`, or an error naming `what` was expected there."
     if i >= len(lines): _fail(path, f"file ends after line {len(lines)}; expected {what}", frame=frame)
     tok = lines[i].split()
     if len(tok) != 1 or not tok[0].isdigit(): _fail(path, f"expected {what} (one integer), got {lines[i][:60]!r}", i + 1, frame)
     return int(tok[0])
+
+# %% ../nbs/02_formats.ipynb #9caf803c
+def _bad_joint_line(path, block:list, i:int, ncol:int, frame:int, body:int):
+    "Raise the error of the first joint line of `block` (starting at line index `i`) without `ncol` values or numeric xyz."
+    for k, line in enumerate(block):
+        t = line.split()
+        if len(t) != ncol: _fail(path, f"joint {k + 1} of body {body}: expected {ncol} values, got {len(t)}", i + k + 1, frame)
+        try: [float(x) for x in t[:3]]
+        except ValueError: _fail(path, f"joint {k + 1} of body {body}: expected numbers x y z, got {line[:60]!r}", i + k + 1, frame)
 
 def _joint_block(path, lines, i:int, nj:int, ncol:int, frame:int, body:int) -> np.ndarray:
     "The (nj, 3) xyz (first 3 of `ncol` values) of lines i..i+nj, or an error naming the bad line."
@@ -142,16 +164,24 @@ def _joint_block(path, lines, i:int, nj:int, ncol:int, frame:int, body:int) -> n
     if len(tok) == nj * ncol:
         try: xyz = np.array([tok[k + c] for k in range(0, nj * ncol, ncol) for c in range(3)], dtype=np.float64).reshape(nj, 3)
         except ValueError: pass
-    if xyz is None:
-        for k, line in enumerate(block):
-            t = line.split()
-            if len(t) != ncol: _fail(path, f"joint {k + 1} of body {body}: expected {ncol} values, got {len(t)}", i + k + 1, frame)
-            try: [float(x) for x in t[:3]]
-            except ValueError: _fail(path, f"joint {k + 1} of body {body}: expected numbers x y z, got {line[:60]!r}", i + k + 1, frame)
+    if xyz is None: _bad_joint_line(path, block, i, ncol, frame, body)
     bad = ~np.isfinite(xyz).all(1)
     if bad.any(): _fail(path, f"joint {bad.argmax() + 1} of body {body}: NaN or inf coordinate", i + int(bad.argmax()) + 1, frame)
     return xyz
 
+# %% ../nbs/02_formats.ipynb #81e124be
+def _ntu_body(path, lines, i:int, frame:int, body:int) -> tuple:
+    "(bodyID, (25, 3) xyz, index of the line after the body) of the body starting at line index `i`."
+    if i >= len(lines): _fail(path, f"file ends after line {len(lines)}; expected the info line of body {body}", frame=frame)
+    info = lines[i].split()
+    if len(info) != 10: _fail(path, f"body {body}: expected 10 body-info values (bodyID ... trackingState), got {len(info)}", i + 1, frame)
+    i += 1
+    nj = _int_line(path, lines, i, 'the number of joints (25)', frame)
+    if nj != 25: _fail(path, f"body {body} has {nj} joints; expected 25", i + 1, frame)
+    i += 1
+    return info[0], _joint_block(path, lines, i, nj, 12, frame, body), i + nj
+
+# %% ../nbs/02_formats.ipynb #fc5ce9ed
 def parse_ntu_skeleton(path, # an NTU RGB+D `.skeleton` file (LF or CRLF)
                       ) -> list:  # per frame, [(bodyID str, (25, 3) float64 xyz), ...]
     "Every body of every frame of an NTU `.skeleton` file, checked."
@@ -162,21 +192,22 @@ def parse_ntu_skeleton(path, # an NTU RGB+D `.skeleton` file (LF or CRLF)
         nb = _int_line(path, lines, i, f'the number of bodies of frame {f}', f); i += 1
         bodies = []
         for b in range(nb):
-            if i >= len(lines): _fail(path, f"file ends after line {len(lines)}; expected the info line of body {b}", frame=f)
-            info = lines[i].split()
-            if len(info) != 10: _fail(path, f"body {b}: expected 10 body-info values (bodyID ... trackingState), got {len(info)}", i + 1, f)
-            i += 1
-            nj = _int_line(path, lines, i, 'the number of joints (25)', f)
-            if nj != 25: _fail(path, f"body {b} has {nj} joints; expected 25", i + 1, f)
-            i += 1
-            bodies.append((info[0], _joint_block(path, lines, i, nj, 12, f, b)))
-            i += nj
+            bid, xyz, i = _ntu_body(path, lines, i, f, b)
+            bodies.append((bid, xyz))
         frames.append(bodies)
     extra = next((k for k in range(i, len(lines)) if lines[k].strip()), None)
     if extra is not None: _fail(path, f"unexpected content after the last of the {T} frames the header announces", extra + 1)
     return frames
 
 # %% ../nbs/02_formats.ipynb #c1edd645
+def _ntu_clip(path:Path, joints:np.ndarray, info:dict|None, num_classes, meta:dict) -> Sequence:
+    "A 30 fps NTU `Sequence`: the action of `info` on every frame, or unlabelled when the name is not an NTU sample name."
+    if info is None: return Sequence(joints, fps=30.0, name=path.name.split('.')[0], meta=meta)
+    T, a = len(joints), info['action']
+    return Sequence(joints, fps=30.0, labels=np.full(T, a), segments=[(a, 0, T)] if T else [], name=info['sample'],
+                    class_names=ntu_class_names(a, num_classes, str(path)), meta=meta)
+
+# %% ../nbs/02_formats.ipynb #fb31f87b
 def read_ntu_skeleton(path, # an NTU RGB+D `.skeleton` file
                       max_bodies:int=2, # bodies kept (the most active, see `select_bodies`)
                       num_classes:int|None=None, # 60 or 120 class names; None: from the action id
@@ -187,13 +218,10 @@ def read_ntu_skeleton(path, # an NTU RGB+D `.skeleton` file
     _check_max_bodies(max_bodies, str(path))
     frames = parse_ntu_skeleton(path)
     joints, keep = select_bodies(frames, max_bodies, rule)
-    T, info = len(frames), ntu_name_info(path.name)
+    info = ntu_name_info(path.name)
     meta = {'source': str(path), 'nbodys': np.array([len(b) for b in frames], dtype=np.int64),
             'body_ids': [str(k) for k in keep], 'body_rule': rule, **(info or {})}
-    if info is None: return Sequence(joints, fps=30.0, name=path.name.split('.')[0], meta=meta)
-    a = info['action']
-    return Sequence(joints, fps=30.0, labels=np.full(T, a), segments=[(a, 0, T)] if T else [], name=info['sample'],
-                    class_names=ntu_class_names(a, num_classes, str(path)), meta=meta)
+    return _ntu_clip(path, joints, info, num_classes, meta)
 
 # %% ../nbs/02_formats.ipynb #07f673da
 def read_ntu_missing(path, # an official `NTU_RGBD*_samples_with_missing_skeletons.txt`
@@ -216,6 +244,7 @@ def _latin1_bytes(text, encoding='latin1', errors='strict'):
         raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r} is not how a pickle stores bytes")
     return codecs.encode(text, 'latin1', errors)
 
+# %% ../nbs/02_formats.ipynb #301fa878
 _SAFE_GLOBALS = {('numpy', 'ndarray'): np.ndarray, ('numpy', 'dtype'): np.dtype, ('_codecs', 'encode'): _latin1_bytes}
 for _m in ('numpy.core', 'numpy._core'):   # numpy 1 and numpy 2 name the same functions differently
     _SAFE_GLOBALS.update({(f'{_m}.multiarray', '_reconstruct'): _np_multiarray._reconstruct,   # ndarray.__reduce__
@@ -224,6 +253,7 @@ for _m in ('numpy.core', 'numpy._core'):   # numpy 1 and numpy 2 name the same f
 for _m in ('builtins', '__builtin__'):     # protocols 0-2 spell builtins '__builtin__'
     _SAFE_GLOBALS.update({(_m, k): getattr(builtins, k) for k in ('set', 'frozenset', 'complex')})
 
+# %% ../nbs/02_formats.ipynb #64f73f8b
 class UnsafePickle(FormatError):
     "A pickle asked for a callable that `SafeUnpickler` does not admit; nothing in it was run."
 
@@ -243,19 +273,23 @@ class SafeUnpickler(pickle.Unpickler):
         return obj
     def persistent_load(self, pid): raise UnsafePickle(f"{self.source}: refused a persistent id ({pid!r}) in the pickle")
 
+# %% ../nbs/02_formats.ipynb #4ae887c8
 def _unpickle(f, path, trusted:bool):
+    "The pickle of open file `f` (plain `pickle` when `trusted`); a broken one is refused naming `path`."
     try: return pickle.load(f, encoding='latin1') if trusted else SafeUnpickler(f, str(path)).load()
     except UnsafePickle: raise
     except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, KeyError, TypeError, ValueError,
             OverflowError) as e:
         _fail(path, f"not a readable pickle ({type(e).__name__}: {e})")
 
+# %% ../nbs/02_formats.ipynb #932b0248
 def load_pickle(path, # a pickle file
                 trusted:bool=False, # True: plain `pickle`, which runs any code the file holds (only for files you trust)
                ):
     "Unpickle `path` with `SafeUnpickler`: numpy arrays and plain values only; anything else is refused naming the file."
     with open(path, 'rb') as f: return _unpickle(f, path, trusted)
 
+# %% ../nbs/02_formats.ipynb #cb71e40b
 def _npy_header(f, path) -> tuple:
     "(shape, fortran_order, dtype) of an open `.npy` file, left at the start of its data."
     fmt = np.lib.format
@@ -266,6 +300,7 @@ def _npy_header(f, path) -> tuple:
         return fmt._read_array_header(f, version)          # 3.0: utf-8 field names
     except (ValueError, EOFError, SyntaxError, TypeError) as e: _fail(path, f"not a readable .npy file ({e})")
 
+# %% ../nbs/02_formats.ipynb #fcffcb23
 def _load_npy(path, mmap_mode=None, trusted:bool=False) -> np.ndarray:
     "A `.npy` array; an object array's payload (a pickle) goes through `SafeUnpickler` (plain pickle when `trusted`)."
     with open(path, 'rb') as f:
@@ -278,6 +313,21 @@ def _load_npy(path, mmap_mode=None, trusted:bool=False) -> np.ndarray:
     except Exception as e: _fail(path, f"not a readable .npy array ({e})")
 
 # %% ../nbs/02_formats.ipynb #26e9c2ef
+def _txt2npy_bodies(path, d:dict) -> tuple:
+    "(keys, [(T, 25, 3) float64]) of the `skel_body*` arrays of a txt2npy dict, checked."
+    keys = sorted((k for k in d if re.fullmatch(r'skel_body\d+', k)), key=lambda k: int(k[9:]))
+    if not keys: _fail(path, f"expected keys skel_body0, skel_body1, ... in the txt2npy dict, found {sorted(d)}")
+    try: bodies = [np.asarray(d[k], dtype=np.float64) for k in keys]
+    except (TypeError, ValueError) as e: _fail(path, f"skel_body arrays must be numeric (T, 25, 3) arrays ({e})")
+    T = len(bodies[0])
+    if T == 0: _fail(path, "holds 0 frames (skel_body0 is empty)")
+    for k, b in zip(keys, bodies):
+        if b.shape != (T, 25, 3): _fail(path, f"{k} has shape {b.shape}; expected ({T}, 25, 3)")
+        bad = ~np.isfinite(b).reshape(T, -1).all(1)
+        if bad.any(): _fail(path, f"{k}: NaN or inf coordinate", frame=int(bad.argmax()))
+    return keys, bodies
+
+# %% ../nbs/02_formats.ipynb #565b8c5b
 def read_ntu_npy(path, # an official txt2npy `.skeleton.npy` (a dict in a 0-d object array: read with `SafeUnpickler`)
                  max_bodies:int=2, # bodies kept (most active slots)
                  num_classes:int|None=None, # 60 or 120 class names; None: from the action id
@@ -290,25 +340,13 @@ def read_ntu_npy(path, # an official txt2npy `.skeleton.npy` (a dict in a 0-d ob
     if d.dtype != object or d.shape != () or not isinstance(d.item(), dict):
         _fail(path, f"expected the txt2npy dict (0-d object array), got an array of shape {d.shape} and dtype {d.dtype}")
     d = d.item()
-    keys = sorted((k for k in d if re.fullmatch(r'skel_body\d+', k)), key=lambda k: int(k[9:]))
-    if not keys: _fail(path, f"expected keys skel_body0, skel_body1, ... in the txt2npy dict, found {sorted(d)}")
-    try: bodies = [np.asarray(d[k], dtype=np.float64) for k in keys]
-    except (TypeError, ValueError) as e: _fail(path, f"skel_body arrays must be numeric (T, 25, 3) arrays ({e})")
-    T = len(bodies[0])
-    if T == 0: _fail(path, "holds 0 frames (skel_body0 is empty)")
-    for k, b in zip(keys, bodies):
-        if b.shape != (T, 25, 3): _fail(path, f"{k} has shape {b.shape}; expected ({T}, 25, 3)")
-        bad = ~np.isfinite(b).reshape(T, -1).all(1)
-        if bad.any(): _fail(path, f"{k}: NaN or inf coordinate", frame=int(bad.argmax()))
-    present = [[m for m, b in enumerate(bodies) if np.abs(b[t]).sum() > 0] for t in range(T)]
+    keys, bodies = _txt2npy_bodies(path, d)
+    present = [[m for m, b in enumerate(bodies) if np.abs(b[t]).sum() > 0] for t in range(len(bodies[0]))]
     joints, keep = select_bodies([[(m, bodies[m][t]) for m in ms] for t, ms in enumerate(present)], max_bodies, 'slot')
     info = ntu_name_info(str(d.get('file_name', path.name))) or ntu_name_info(path.name)
     meta = {'source': str(path), 'nbodys': np.asarray(d.get('nbodys', [len(p) for p in present]), dtype=np.int64),
             'body_ids': [str(k) for k in keep], 'body_rule': 'slot', **(info or {})}
-    if info is None: return Sequence(joints, fps=30.0, name=path.name.split('.')[0], meta=meta)
-    a = info['action']
-    return Sequence(joints, fps=30.0, labels=np.full(T, a), segments=[(a, 0, T)] if T else [], name=info['sample'],
-                    class_names=ntu_class_names(a, num_classes, str(path)), meta=meta)
+    return _ntu_clip(path, joints, info, num_classes, meta)
 
 # %% ../nbs/02_formats.ipynb #12556996
 def _as_int(value) -> int|None:
@@ -317,20 +355,50 @@ def _as_int(value) -> int|None:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer, float, np.floating)): return None
     return int(value) if float(value).is_integer() else None
 
+# %% ../nbs/02_formats.ipynb #6d429f52
 def _int_label(path, value, what:str) -> int:
+    "`value` as an integer class index, or an error naming `path` and `what`."
     lab = _as_int(value)
     if lab is None: _fail(path, f"{what}: label {value!r} is not an integer class index")
     return lab
 
+# %% ../nbs/02_formats.ipynb #84c05b9b
 def _layout_for(path, V:int, C:int) -> str:
+    "The layout name of V joints with C coordinates ('ntu25' or 'coco17'), or an error naming `path`."
     if V in (25, 17) and C in (2, 3): return LAYOUT_BY_JOINTS[V]   # ST-GCN/PYSKL files hold NTU or COCO skeletons
     _fail(path, f"expected 25 (NTU) or 17 (COCO) joints with 2 or 3 coordinates, got V={V}, C={C}")
 
+# %% ../nbs/02_formats.ipynb #3d965843
 def _check_finite(path, x:np.ndarray, what:str=''):
+    "Refuse NaN or inf in (T, ...) `x`, naming the first bad frame."
     if x.size == 0: return
     bad = ~np.isfinite(x).reshape(len(x), -1).all(1)
     if bad.any(): _fail(path, f"{what}NaN or inf coordinate", frame=int(bad.argmax()))
 
+# %% ../nbs/02_formats.ipynb #bd776dac
+def _stgcn_array(data_path:Path, mmap:bool) -> np.ndarray:
+    "The (N, C, T, V, M) array of an ST-GCN `.npy` (a single (C, T, V, M) sample gets N = 1), checked."
+    try: data = np.load(data_path, mmap_mode='r' if mmap else None, allow_pickle=False)
+    except Exception as e: _fail(data_path, f"not a numeric .npy array ({e})")
+    if data.ndim == 4: data = data[None]
+    if data.ndim != 5: _fail(data_path, f"expected an (N, C, T, V, M) or (C, T, V, M) array, got shape {data.shape}")
+    if data.shape[2] == 0: _fail(data_path, f"holds 0 frames (T = 0 in {data.shape})")
+    return data
+
+# %% ../nbs/02_formats.ipynb #19d0d302
+def _stgcn_labels(label_path, data_path, N:int, trusted:bool) -> tuple:
+    "(sample names, 1-based labels) of an ST-GCN label pickle for an array of N samples."
+    obj = load_pickle(label_path, trusted)
+    seqs_ = (tuple, list, np.ndarray)
+    if not (isinstance(obj, seqs_) and len(obj) == 2 and all(isinstance(o, seqs_) for o in obj) and len(obj[0]) == len(obj[1])):
+        _fail(label_path, "expected a pickled (sample_names, labels) pair of equal lengths")
+    names = [str(n) for n in obj[0]]
+    labels = [_int_label(label_path, l, f"sample {i} ({names[i]})") + 1 for i, l in enumerate(obj[1])]
+    if len(names) != N: _fail(label_path, f"holds {len(names)} samples but {data_path} holds {N}")
+    if labels and min(labels) < 1: _fail(label_path, f"negative label {min(labels) - 1}; expected 0-based labels")
+    return names, labels
+
+# %% ../nbs/02_formats.ipynb #a8f83e14
 def read_stgcn(data_path, # (N, C, T, V, M) float .npy of a split, or one (C, T, V, M) sample
                label_path=None, # the split's pickled (sample_names, labels), labels 0-based (read with `SafeUnpickler`)
                mmap:bool=True, # memory-map the array instead of loading it whole
@@ -341,23 +409,10 @@ def read_stgcn(data_path, # (N, C, T, V, M) float .npy of a split, or one (C, T,
               ) -> list:
     "Read an ST-GCN-style split: one `Sequence` per sample, zero padding at the end trimmed, labels + 1."
     data_path = Path(data_path)
-    try: data = np.load(data_path, mmap_mode='r' if mmap else None, allow_pickle=False)
-    except Exception as e: _fail(data_path, f"not a numeric .npy array ({e})")
-    if data.ndim == 4: data = data[None]
-    if data.ndim != 5: _fail(data_path, f"expected an (N, C, T, V, M) or (C, T, V, M) array, got shape {data.shape}")
+    data = _stgcn_array(data_path, mmap)
     N, C, T, V, M = data.shape
-    if T == 0: _fail(data_path, f"holds 0 frames (T = 0 in {data.shape})")
     layout = _layout_for(data_path, V, C)
-    names = labels = None
-    if label_path is not None:
-        obj = load_pickle(label_path, trusted)
-        seqs_ = (tuple, list, np.ndarray)
-        if not (isinstance(obj, seqs_) and len(obj) == 2 and all(isinstance(o, seqs_) for o in obj) and len(obj[0]) == len(obj[1])):
-            _fail(label_path, "expected a pickled (sample_names, labels) pair of equal lengths")
-        names = [str(n) for n in obj[0]]
-        labels = [_int_label(label_path, l, f"sample {i} ({names[i]})") + 1 for i, l in enumerate(obj[1])]
-        if len(names) != N: _fail(label_path, f"holds {len(names)} samples but {data_path} holds {N}")
-        if labels and min(labels) < 1: _fail(label_path, f"negative label {min(labels) - 1}; expected 0-based labels")
+    names, labels = _stgcn_labels(label_path, data_path, N, trusted) if label_path is not None else (None, None)
     n_cls = num_classes or (None if not labels or layout != 'ntu25' else (60 if max(labels) <= 60 else 120))
     out = []
     for i in (range(N) if indices is None else indices):
@@ -366,8 +421,7 @@ def read_stgcn(data_path, # (N, C, T, V, M) float .npy of a split, or one (C, T,
         nz = np.flatnonzero(np.abs(x).reshape(T, -1).sum(1) > 0)
         x = x[:nz[-1] + 1] if len(nz) else x[:0]
         name = names[i].replace('.skeleton', '') if names else (data_path.stem if N == 1 else f'{data_path.stem}[{i}]')
-        info = ntu_name_info(name) if layout == 'ntu25' else None
-        meta = {'source': str(data_path), 'index': int(i), **(info or {})}
+        meta = {'source': str(data_path), 'index': int(i), **((ntu_name_info(name) if layout == 'ntu25' else None) or {})}
         if labels is None: out.append(Sequence(x, fps=fps, name=name, layout=layout, meta=meta)); continue
         a, t = labels[i], len(x)
         cls = ntu_class_names(a, n_cls, str(label_path)) if n_cls else None
@@ -390,19 +444,24 @@ PKUMMD_CLASSES = (
     'wear on glasses', 'wipe face', 'writing')
 
 # %% ../nbs/02_formats.ipynb #f63c68e4
+def _pkummd_numbers(path, k:int, line:str) -> tuple:
+    "(label, start, end, confidence or None) of line `k` of a PKU-MMD label file: 3 or 4 numbers, the first 3 integers."
+    tok = [t for t in re.split(r'[,\s]+', line.strip()) if t]
+    if len(tok) not in (3, 4): _fail(path, f"expected 'label,start,end,confidence', got {line[:60]!r}", k)
+    try: vals = [float(t) for t in tok]
+    except ValueError: _fail(path, f"expected 'label,start,end,confidence' numbers, got {line[:60]!r}", k)
+    if not all(np.isfinite(vals)) or not all(v.is_integer() for v in vals[:3]):
+        _fail(path, f"label, start and end must be integers, got {line[:60]!r}", k)
+    lab, s, e = (int(v) for v in vals[:3])
+    return lab, s, e, None if len(vals) == 3 else (int(vals[3]) if vals[3].is_integer() else vals[3])
+
+# %% ../nbs/02_formats.ipynb #0acee717
 def _pkummd_label_rows(path, num_frames=None, end_inclusive=False, clip=False, num_classes=51) -> list:
     "[(line number, (label, start, end, confidence))] of a PKU-MMD label file, checked (see `read_pkummd_labels`)."
     rows = []
     for k, line in enumerate(_read_lines(path), 1):
         if not line.strip(): continue
-        tok = [t for t in re.split(r'[,\s]+', line.strip()) if t]
-        if len(tok) not in (3, 4): _fail(path, f"expected 'label,start,end,confidence', got {line[:60]!r}", k)
-        try: vals = [float(t) for t in tok]
-        except ValueError: _fail(path, f"expected 'label,start,end,confidence' numbers, got {line[:60]!r}", k)
-        if not all(np.isfinite(vals)) or not all(v.is_integer() for v in vals[:3]):
-            _fail(path, f"label, start and end must be integers, got {line[:60]!r}", k)
-        lab, s, e = (int(v) for v in vals[:3])
-        conf = None if len(vals) == 3 else (int(vals[3]) if vals[3].is_integer() else vals[3])
+        lab, s, e, conf = _pkummd_numbers(path, k, line)
         if not 1 <= lab <= num_classes: _fail(path, f"unknown class {lab}; expected 1..{num_classes}", k)
         e = e + 1 if end_inclusive else e
         if s < 0 or e <= s: _fail(path, f"segment [{s}, {e}) is empty or negative; expected 0 <= start < end", k)
@@ -413,6 +472,7 @@ def _pkummd_label_rows(path, num_frames=None, end_inclusive=False, clip=False, n
         rows.append((k, (lab, s, e, conf)))
     return rows
 
+# %% ../nbs/02_formats.ipynb #f1881fbc
 def read_pkummd_labels(path, # a PKU-MMD label file: rows `label,start,end,confidence`
                        num_frames:int|None=None, # frames of its skeleton file, to check the segments against
                        end_inclusive:bool=False, # read `end` as the last frame (end + 1 in snipnb)
@@ -424,6 +484,7 @@ def read_pkummd_labels(path, # a PKU-MMD label file: rows `label,start,end,confi
 
 # %% ../nbs/02_formats.ipynb #bfb4d4ef
 def _load_pkummd_txt(path) -> np.ndarray:
+    "The (T, 150) float64 numbers of a PKU-MMD skeleton file, checked."
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')            # loadtxt warns on an empty file: we refuse it below
@@ -435,8 +496,7 @@ def _load_pkummd_txt(path) -> np.ndarray:
     if bad.any(): _fail(path, "NaN or inf coordinate", int(bad.argmax()) + 1, int(bad.argmax()))
     return x
 
-_PKU_VIDEO = re.compile(r'\d{4}-[LMR]')
-
+# %% ../nbs/02_formats.ipynb #d6186ea5
 def _pkummd_overlaps(path, numbered:list) -> list:
     "Pairs of rows whose segments of different classes overlap, as readable phrases."
     rows = sorted(numbered, key=lambda kr: (kr[1][1], kr[0]))
@@ -450,6 +510,17 @@ def _pkummd_overlaps(path, numbered:list) -> list:
                              f"on [{max(s1, s2)}, {min(e1, e2)}), where the frame labels keep class {l2} (the later row)")
     return found
 
+# %% ../nbs/02_formats.ipynb #a81fb844
+_PKU_VIDEO = re.compile(r'\d{4}-[LMR]')
+
+def _check_same_video(skeleton_path:Path, label_path):
+    "Refuse a label file whose PKU-MMD video id (`0016-M`) differs from the skeleton file's."
+    vs, vl = (_PKU_VIDEO.search(Path(p).stem) for p in (skeleton_path, label_path))
+    if vs and vl and vs.group(0) != vl.group(0):
+        _fail(label_path, f"a label file of video {vl.group(0)}, but the skeleton file {skeleton_path} is video {vs.group(0)}: "
+                          "pass the label file of the same video")
+
+# %% ../nbs/02_formats.ipynb #65fb2663
 def read_pkummd(skeleton_path, # a PKU-MMD phase-1 skeleton file (150 numbers a line)
                 label_path=None, # its label file (rows label,start,end,confidence); None: unlabelled
                 end_inclusive:bool=False, # see `read_pkummd_labels`
@@ -464,10 +535,7 @@ def read_pkummd(skeleton_path, # a PKU-MMD phase-1 skeleton file (150 numbers a 
     meta = {'source': str(path), 'nbodys': (np.abs(joints).reshape(T, 2, -1).sum(-1) > 0).sum(1),
             **({'video': m.group(1), 'view': m.group(2)} if m else {})}
     if label_path is None: return Sequence(joints, fps=30.0, name=path.stem, meta=meta)
-    vs, vl = (_PKU_VIDEO.search(Path(p).stem) for p in (path, label_path))
-    if vs and vl and vs.group(0) != vl.group(0):
-        _fail(label_path, f"a label file of video {vl.group(0)}, but the skeleton file {path} is video {vs.group(0)}: "
-                          "pass the label file of the same video")
+    _check_same_video(path, label_path)
     numbered = _pkummd_label_rows(label_path, T, end_inclusive, clip)
     overlaps = _pkummd_overlaps(label_path, numbered)
     if overlaps:
@@ -520,6 +588,7 @@ BABEL_CLASSES = (
     'swipe', 'strafe', 'hang', 'flail arms')
 BABEL_SUBSETS = {1: ('walk', 'stand', 'turn', 'jump'), 2: ('sit', 'run', 'stand up', 'kick'), 3: ('jog', 'wave', 'dance', 'gesture')}
 
+# %% ../nbs/02_formats.ipynb #df711ca6
 def read_babel_classes(path, # BABEL `action_label_2_idx.json` (act_cat -> 0-based index)
                       ) -> tuple:
     "Action names ordered by their index in a BABEL label map (label = index + 1 in snipnb)."
@@ -529,6 +598,7 @@ def read_babel_classes(path, # BABEL `action_label_2_idx.json` (act_cat -> 0-bas
         _fail(path, "expected an object mapping each act_cat to a distinct index 0..n-1")
     return tuple(sorted(d, key=d.get))
 
+# %% ../nbs/02_formats.ipynb #565e5a2b
 def babel_classes(subset=None, # None: all 150 classes; 1, 2, 3 or 'babel1'..'babel3': that subset
                  ) -> tuple:
     "The class names of the whole BABEL set or of one localization subset (label k is element k - 1)."
@@ -538,6 +608,20 @@ def babel_classes(subset=None, # None: all 150 classes; 1, 2, 3 or 'babel1'..'ba
     return BABEL_SUBSETS[k]
 
 # %% ../nbs/02_formats.ipynb #1ef210c7
+def _babel_labels_problem(kind:str, labels) -> str|None:
+    "What is wrong with the `labels` list of a `seq_ann` or `frame_ann`, or None."
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+    if not isinstance(labels, list): return f"{kind} 'labels' must be a list, got {type(labels).__name__}"
+    for j, l in enumerate(labels):
+        if not isinstance(l, dict): return f"{kind} label {j}: expected an object (act_cat, start_t, end_t), got {type(l).__name__}"
+        cat = l.get('act_cat')
+        if not (cat is None or isinstance(cat, str) or (isinstance(cat, list) and all(isinstance(c, str) for c in cat))):
+            return f"{kind} label {j}: 'act_cat' must be a list of category names, got {cat!r}"
+        for t in (('start_t', 'end_t') if kind == 'frame_ann' else ()):
+            if not number(l.get(t)): return f"{kind} label {j}: '{t}' must be a time in seconds, got {l.get(t)!r}"
+    return None
+
+# %% ../nbs/02_formats.ipynb #5ee650a8
 def _babel_problem(a, complete:bool=True) -> str|None:
     "What is wrong with the structure or the field types of one BABEL annotation, or None."
     number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -551,18 +635,10 @@ def _babel_problem(a, complete:bool=True) -> str|None:
         part = a.get(kind)
         if part is None: continue
         if not isinstance(part, dict): return f"'{kind}' must be an object with 'labels' (or null), got {type(part).__name__}"
-        labels = part.get('labels')
-        if labels is None: continue
-        if not isinstance(labels, list): return f"{kind} 'labels' must be a list, got {type(labels).__name__}"
-        for j, l in enumerate(labels):
-            if not isinstance(l, dict): return f"{kind} label {j}: expected an object (act_cat, start_t, end_t), got {type(l).__name__}"
-            cat = l.get('act_cat')
-            if not (cat is None or isinstance(cat, str) or (isinstance(cat, list) and all(isinstance(c, str) for c in cat))):
-                return f"{kind} label {j}: 'act_cat' must be a list of category names, got {cat!r}"
-            for t in (('start_t', 'end_t') if kind == 'frame_ann' else ()):
-                if not number(l.get(t)): return f"{kind} label {j}: '{t}' must be a time in seconds, got {l.get(t)!r}"
+        if part.get('labels') is not None and (problem := _babel_labels_problem(kind, part['labels'])): return problem
     return None
 
+# %% ../nbs/02_formats.ipynb #98f68ea6
 def read_babel(json_path, # a BABEL v1.0 annotation file (train.json, val.json, test.json, extra_*.json)
               ) -> dict:
     "BABEL annotations: {sid (str): annotation dict}, structure checked."
@@ -575,6 +651,35 @@ def read_babel(json_path, # a BABEL v1.0 annotation file (train.json, val.json, 
     return {str(k): v for k, v in d.items()}
 
 # %% ../nbs/02_formats.ipynb #359f6fd3
+def _babel_segments(ann:dict, sid) -> tuple:
+    "(kind, labels) of an annotation: its `frame_ann` labels, else its `seq_ann` labels spanning the whole sequence."
+    problem = _babel_problem(ann, complete=False)
+    if problem: raise FormatError(f"BABEL sid {sid}: {problem}")
+    if ann.get('frame_ann') is not None: return 'frame_ann', ann['frame_ann'].get('labels') or []
+    return 'seq_ann', [dict(l, start_t=0.0, end_t=np.inf) for l in ((ann.get('seq_ann') or {}).get('labels') or [])]
+
+# %% ../nbs/02_formats.ipynb #48a32f12
+def _segment_span(s:dict, sid, kind:str, j:int, end_of_seq:float) -> tuple:
+    "(start_t, end_t) of label `j`, checked: numbers, ordered, starting before the end of the sequence."
+    try: st, en = float(s['start_t']), float(s['end_t'])
+    except (KeyError, TypeError, ValueError):
+        raise FormatError(f"BABEL sid {sid}, {kind} label {j}: expected numeric start_t and end_t, got {s.get('start_t')!r}, {s.get('end_t')!r}") from None
+    if not (np.isfinite(st) and st >= 0 and en >= st and not np.isnan(en)):
+        raise FormatError(f"BABEL sid {sid}, {kind} label {j}: expected 0 <= start_t <= end_t, got {st}, {en}")
+    if st > end_of_seq + 1.0:
+        raise FormatError(f"BABEL sid {sid}, {kind} label {j}: starts at {st} s, after the end of the sequence ({end_of_seq:.3f} s)")
+    return st, en
+
+# %% ../nbs/02_formats.ipynb #a259f254
+def _paint_shortest(cands:list, num_frames:int, fps:float) -> np.ndarray:
+    "Frame labels from (length, start_t, label, end_t) candidates: the shortest, then earliest, then first-listed wins."
+    times = np.arange(num_frames) / fps
+    labels = np.zeros(num_frames, dtype=np.int64)
+    for _, st, lab, en in sorted(cands, reverse=True):    # worst first: the winner is painted last
+        labels[(times >= st) & (times < en)] = lab
+    return labels
+
+# %% ../nbs/02_formats.ipynb #24870f12
 def babel_frame_labels(ann:dict, # one BABEL annotation (a value of `read_babel`)
                        num_frames:int, # frames of the sequence at `fps`
                        fps:float=30.0,
@@ -584,29 +689,17 @@ def babel_frame_labels(ann:dict, # one BABEL annotation (a value of `read_babel`
     "Frame labels (0 = background) from BABEL `frame_ann` (else `seq_ann`): subset classes only, shortest segment wins."
     names = tuple(classes) if classes is not None else babel_classes(subset)
     index = {c: k + 1 for k, c in enumerate(names)}
-    problem = _babel_problem(ann, complete=False)
     sid = ann.get('babel_sid', '?') if isinstance(ann, dict) else '?'
-    if problem: raise FormatError(f"BABEL sid {sid}: {problem}")
-    if ann.get('frame_ann') is not None: kind, segs = 'frame_ann', ann['frame_ann'].get('labels') or []
-    else: kind, segs = 'seq_ann', [dict(l, start_t=0.0, end_t=np.inf) for l in ((ann.get('seq_ann') or {}).get('labels') or [])]
+    kind, segs = _babel_segments(ann, sid)
     if all(s.get('act_cat') is None for s in segs): return None, []
-    times = np.arange(num_frames) / fps
     end_of_seq = max(float(ann.get('dur') or 0), num_frames / fps)
     cands = []
     for j, s in enumerate(segs):
-        try: st, en = float(s['start_t']), float(s['end_t'])
-        except (KeyError, TypeError, ValueError):
-            raise FormatError(f"BABEL sid {sid}, {kind} label {j}: expected numeric start_t and end_t, got {s.get('start_t')!r}, {s.get('end_t')!r}") from None
-        if not (np.isfinite(st) and st >= 0 and en >= st and not np.isnan(en)):
-            raise FormatError(f"BABEL sid {sid}, {kind} label {j}: expected 0 <= start_t <= end_t, got {st}, {en}")
-        if st > end_of_seq + 1.0:
-            raise FormatError(f"BABEL sid {sid}, {kind} label {j}: starts at {st} s, after the end of the sequence ({end_of_seq:.3f} s)")
+        st, en = _segment_span(s, sid, kind, j, end_of_seq)
         cats = s.get('act_cat') or []
         for c in ([cats] if isinstance(cats, str) else cats):
             if c in index: cands.append((en - st, st, index[c], en))
-    labels = np.zeros(num_frames, dtype=np.int64)
-    for _, st, lab, en in sorted(cands, reverse=True):    # worst first: the winner is painted last
-        labels[(times >= st) & (times < en)] = lab
+    labels = _paint_shortest(cands, num_frames, fps)
     return labels, labels_to_segments(labels)
 
 # %% ../nbs/02_formats.ipynb #0a3adcdc
@@ -623,13 +716,17 @@ def smplh_model_file(gender:str='neutral', # 'male', 'female' or 'neutral'
         return p/gender/'model.npz' if p.is_dir() else p
     return Path(amass_root or get_setting('amass_root')).expanduser()/'body_models'/'smplh'/gender/'model.npz'
 
-def _smplh_joints(path, z, gender=None, model_path=None, amass_root=None, chunk:int=2048) -> np.ndarray:
-    "(T, 73, 3) joints of AMASS SMPL+H parameters through `smplx.SMPLH`."
+# %% ../nbs/02_formats.ipynb #a758a94e
+def _file_gender(z, gender:str|None=None) -> str:
+    "`gender` if given, else the one stored in AMASS file `z`, else 'neutral'; lower case."
     if gender is None and 'gender' in z.files:
         g = np.asarray(z['gender']).reshape(-1)[0]
         gender = g.decode() if isinstance(g, bytes) else str(g)
-    g = str(gender or 'neutral').strip().lower()
-    model = smplh_model_file(g, model_path, amass_root)
+    return str(gender or 'neutral').strip().lower()
+
+# %% ../nbs/02_formats.ipynb #b5b5f2f8
+def _require_smplh(path, model:Path) -> tuple:
+    "The `smplx` and `torch` modules, or a `MissingBodyModel` naming what is missing and how to install it."
     problems = []
     try: import smplx, torch
     except ImportError: problems.append("the `smplx` package is not installed (pip install smplx)")
@@ -642,6 +739,14 @@ def _smplh_joints(path, z, gender=None, model_path=None, amass_root=None, chunk:
             f"<amass_root>/body_models/smplh/{{male,female,neutral}}/model.npz exist (here: {model}); set amass_root in "
             "settings.ini or SNIPNB_AMASS_ROOT, or pass model_path=. Or precompute the joints yourself as a (T, 73, 3) "
             "array and read that .npy/.npz instead.")
+    return smplx, torch
+
+# %% ../nbs/02_formats.ipynb #ecf45b09
+def _smplh_joints(path, z, gender=None, model_path=None, amass_root=None, chunk:int=2048) -> np.ndarray:
+    "(T, 73, 3) joints of AMASS SMPL+H parameters through `smplx.SMPLH`."
+    g = _file_gender(z, gender)
+    model = smplh_model_file(g, model_path, amass_root)
+    smplx, torch = _require_smplh(path, model)
     poses = np.asarray(z['poses'], dtype=np.float32)
     if poses.ndim != 2 or poses.shape[1] != 156: _fail(path, f"expected poses (T, 156) (52 joints x axis-angle), got {poses.shape}")
     T = len(poses)
@@ -657,6 +762,23 @@ def _smplh_joints(path, z, gender=None, model_path=None, amass_root=None, chunk:
             out.append(res.joints.detach().cpu().numpy())
     return np.concatenate(out)
 
+# %% ../nbs/02_formats.ipynb #eb6e6cc2
+def _amass_npz(path:Path, fps, gender, model_path, amass_root) -> tuple:
+    "(SMPL-H joints, fps) of an `.npz`: its stored joint positions, else its SMPL+H parameters through the body model."
+    try: z = np.load(path, allow_pickle=False)
+    except Exception as e: _fail(path, f"not a readable .npz ({e})")
+    with z:
+        rate = next((float(z[k]) for k in ('fps', 'mocap_framerate', 'mocap_frame_rate') if k in z.files), None)
+        rate = fps or rate
+        if rate is None: _fail(path, "no frame rate stored (fps or mocap_framerate): pass fps=")
+        key = next((k for k in ('joints', 'positions', 'joint_positions') if k in z.files), None)
+        if key is not None: joints = np.asarray(z[key])
+        elif 'poses' in z.files: joints = _smplh_joints(path, z, gender, model_path, amass_root)
+        else: _fail(path, f"expected joint positions ('joints' (T, 73, 3)) or AMASS SMPL+H parameters ('poses', 'trans', 'betas', "
+                          f"'gender', 'mocap_framerate'); found {sorted(z.files)}")
+    return joints, rate
+
+# %% ../nbs/02_formats.ipynb #e98218bf
 def read_amass_joints(path, # .npy (T, 73|52, 3) joints, .npz with `joints`, or an AMASS SMPL+H parameter .npz
                       fps:float|None=None, # the frame rate, when the file stores none (plain .npy)
                       model_path=None, # SMPL+H model file or folder (see `smplh_model_file`)
@@ -671,17 +793,7 @@ def read_amass_joints(path, # .npy (T, 73|52, 3) joints, .npz with `joints`, or 
         if fps is None: _fail(path, "a .npy of joint positions stores no frame rate: pass fps= (for BABEL, featp_2_fps.json gives it)")
         return smplh_to_ntu25(arr, str(path)), float(fps)
     if path.suffix != '.npz': _fail(path, "expected an AMASS .npz or a .npy of (T, 73, 3) SMPL-H joint positions")
-    try: z = np.load(path, allow_pickle=False)
-    except Exception as e: _fail(path, f"not a readable .npz ({e})")
-    with z:
-        rate = next((float(z[k]) for k in ('fps', 'mocap_framerate', 'mocap_frame_rate') if k in z.files), None)
-        rate = fps or rate
-        if rate is None: _fail(path, "no frame rate stored (fps or mocap_framerate): pass fps=")
-        key = next((k for k in ('joints', 'positions', 'joint_positions') if k in z.files), None)
-        if key is not None: joints = np.asarray(z[key])
-        elif 'poses' in z.files: joints = _smplh_joints(path, z, gender, model_path, amass_root)
-        else: _fail(path, f"expected joint positions ('joints' (T, 73, 3)) or AMASS SMPL+H parameters ('poses', 'trans', 'betas', "
-                          f"'gender', 'mocap_framerate'); found {sorted(z.files)}")
+    joints, rate = _amass_npz(path, fps, gender, model_path, amass_root)
     j = smplh_to_ntu25(joints, str(path))
     _check_finite(path, j)
     return j, rate
@@ -706,6 +818,7 @@ def babel_sequence(sid, # the BABEL sequence id
             'source_fps': float(joints_fps), 'subset': subset}
     return Sequence(j, fps=fps, labels=labels, segments=segments, name=str(sid), class_names=('background',) + names, meta=meta)
 
+# %% ../nbs/02_formats.ipynb #73687d0b
 def babel_keep(seq:Sequence, # a BABEL sequence
                subset=None, # 1, 2, 3: keep only sequences holding one of its classes; None: the length rule only
                max_frames:int=1000, # longer sequences are dropped
@@ -718,14 +831,8 @@ def babel_keep(seq:Sequence, # a BABEL sequence
     return any(seq.class_names[l] in wanted for l in np.unique(seq.labels) if l > 0)
 
 # %% ../nbs/02_formats.ipynb #db6e4bb3
-def read_pyskl(path, # a PYSKL/mmaction2 pickle: one annotation dict, a list of them, or {'split', 'annotations'}
-               fps:float=30.0, # their frame rate (PYSKL stores none)
-               class_names=None, # action names (label k = class_names[k - 1]); None: not named
-               trusted:bool=False, # read the pickle with plain `pickle`, which runs any code in it (only for files you trust)
-              ) -> list:
-    "Read PYSKL skeleton annotations: one `Sequence` each, joints (T, M, V, C), label + 1 on every frame."
-    path = Path(path)
-    obj = load_pickle(path, trusted)
+def _pyskl_annotations(path, obj) -> tuple:
+    "(annotations, split) of an unpickled PYSKL file: a dataset dict, one annotation dict, or a list of them."
     split = {}
     if isinstance(obj, dict) and 'annotations' in obj:
         anns, split = obj['annotations'], obj.get('split') or {}
@@ -738,6 +845,61 @@ def read_pyskl(path, # a PYSKL/mmaction2 pickle: one annotation dict, a list of 
     elif isinstance(obj, (list, tuple)) and len(obj) == 2 and not isinstance(obj[0], dict):
         _fail(path, "looks like an ST-GCN (sample_names, labels) pickle: read it with read_stgcn(data.npy, this file)")
     else: _fail(path, "expected a PYSKL annotation dict (keypoint, label, ...) or {'split': ..., 'annotations': [...]}")
+    return anns, split
+
+# %% ../nbs/02_formats.ipynb #5efe724f
+def _pyskl_keypoint(path, a:dict, i:int, name:str) -> tuple:
+    "(keypoint (M, T, V, C) float32, layout name) of annotation `i`, checked against its `total_frames`."
+    if 'keypoint' not in a: _fail(path, f"annotation {i} ({name}): no 'keypoint' array")
+    try: kp = np.asarray(a['keypoint'], dtype=np.float32)
+    except (TypeError, ValueError): _fail(path, f"annotation {i} ({name}): keypoint is not a numeric array")
+    if kp.ndim != 4: _fail(path, f"annotation {i} ({name}): expected keypoint (M, T, V, C), got shape {kp.shape}")
+    M, T, V, C = kp.shape
+    if T == 0: _fail(path, f"annotation {i} ({name}): keypoint holds 0 frames")
+    layout = _layout_for(path, V, C)
+    if 'total_frames' in a and _as_int(a['total_frames']) is None:
+        _fail(path, f"annotation {i} ({name}): total_frames {a['total_frames']!r} is not an integer")
+    if _as_int(a.get('total_frames', T)) != T:
+        _fail(path, f"annotation {i} ({name}): total_frames is {a['total_frames']} but keypoint holds {T} frames")
+    return kp, layout
+
+# %% ../nbs/02_formats.ipynb #38bec871
+def _pyskl_score(path, a:dict, i:int, name:str, shape:tuple) -> np.ndarray|None:
+    "The (T, M, V) `keypoint_score` of annotation `i` (stored (M, T, V) = `shape`), or None when it has none."
+    if a.get('keypoint_score') is None: return None
+    try: sc = np.asarray(a['keypoint_score'], dtype=np.float32)
+    except (TypeError, ValueError): _fail(path, f"annotation {i} ({name}): keypoint_score is not a numeric array")
+    if sc.shape != shape: _fail(path, f"annotation {i} ({name}): keypoint_score has shape {sc.shape}; expected {shape}")
+    return sc.transpose(1, 0, 2)
+
+# %% ../nbs/02_formats.ipynb #22621572
+def _pyskl_sequence(path:Path, a:dict, i:int, member:dict, names:tuple|None, fps:float) -> Sequence:
+    "The `Sequence` of PYSKL annotation `i`: its 0-based `label` + 1 on every frame, scores and splits in `meta`."
+    name = str(a.get('frame_dir', f'{path.stem}[{i}]'))
+    kp, layout = _pyskl_keypoint(path, a, i, name)
+    M, T, V, C = kp.shape
+    x = kp.transpose(1, 0, 2, 3)
+    _check_finite(path, x, f"annotation {i} ({name}): ")
+    meta = {'source': str(path), 'index': i, 'splits': member.get(name, []),
+            **{k: a[k] for k in ('img_shape', 'original_shape', 'modality') if k in a}}
+    score = _pyskl_score(path, a, i, name, (M, T, V))
+    if score is not None: meta['keypoint_score'] = score
+    if a.get('label') is None: return Sequence(x, fps=fps, name=name, layout=layout, class_names=names, meta=meta)
+    lab = _int_label(path, a['label'], f"annotation {i} ({name})") + 1
+    if lab < 1 or (names is not None and lab >= len(names)):
+        _fail(path, f"annotation {i} ({name}): label {lab - 1} (0-based) is not one of the {len(names) - 1 if names else '?'} classes")
+    return Sequence(x, fps=fps, labels=np.full(T, lab), segments=[(lab, 0, T)] if T else [], name=name,
+                    layout=layout, class_names=names, meta=meta)
+
+# %% ../nbs/02_formats.ipynb #8dbe6fee
+def read_pyskl(path, # a PYSKL/mmaction2 pickle: one annotation dict, a list of them, or {'split', 'annotations'}
+               fps:float=30.0, # their frame rate (PYSKL stores none)
+               class_names=None, # action names (label k = class_names[k - 1]); None: not named
+               trusted:bool=False, # read the pickle with plain `pickle`, which runs any code in it (only for files you trust)
+              ) -> list:
+    "Read PYSKL skeleton annotations: one `Sequence` each, joints (T, M, V, C), label + 1 on every frame."
+    path = Path(path)
+    anns, split = _pyskl_annotations(path, load_pickle(path, trusted))
     member = {}
     for s, names in split.items():
         for n in names: member.setdefault(str(n), []).append(s)
@@ -745,36 +907,36 @@ def read_pyskl(path, # a PYSKL/mmaction2 pickle: one annotation dict, a list of 
     out = []
     for i, a in enumerate(anns):
         if not isinstance(a, dict): _fail(path, f"annotation {i}: expected a dict (keypoint, label, ...), got {type(a).__name__}")
-        name = str(a.get('frame_dir', f'{path.stem}[{i}]'))
-        if 'keypoint' not in a: _fail(path, f"annotation {i} ({name}): no 'keypoint' array")
-        try: kp = np.asarray(a['keypoint'], dtype=np.float32)
-        except (TypeError, ValueError): _fail(path, f"annotation {i} ({name}): keypoint is not a numeric array")
-        if kp.ndim != 4: _fail(path, f"annotation {i} ({name}): expected keypoint (M, T, V, C), got shape {kp.shape}")
-        M, T, V, C = kp.shape
-        if T == 0: _fail(path, f"annotation {i} ({name}): keypoint holds 0 frames")
-        layout = _layout_for(path, V, C)
-        if 'total_frames' in a and _as_int(a['total_frames']) is None:
-            _fail(path, f"annotation {i} ({name}): total_frames {a['total_frames']!r} is not an integer")
-        if _as_int(a.get('total_frames', T)) != T:
-            _fail(path, f"annotation {i} ({name}): total_frames is {a['total_frames']} but keypoint holds {T} frames")
-        x = kp.transpose(1, 0, 2, 3)
-        _check_finite(path, x, f"annotation {i} ({name}): ")
-        meta = {'source': str(path), 'index': i, 'splits': member.get(name, []),
-                **{k: a[k] for k in ('img_shape', 'original_shape', 'modality') if k in a}}
-        if a.get('keypoint_score') is not None:
-            try: sc = np.asarray(a['keypoint_score'], dtype=np.float32)
-            except (TypeError, ValueError): _fail(path, f"annotation {i} ({name}): keypoint_score is not a numeric array")
-            if sc.shape != (M, T, V): _fail(path, f"annotation {i} ({name}): keypoint_score has shape {sc.shape}; expected {(M, T, V)}")
-            meta['keypoint_score'] = sc.transpose(1, 0, 2)
-        if a.get('label') is None: out.append(Sequence(x, fps=fps, name=name, layout=layout, class_names=names, meta=meta)); continue
-        lab = _int_label(path, a['label'], f"annotation {i} ({name})") + 1
-        if lab < 1 or (names is not None and lab >= len(names)):
-            _fail(path, f"annotation {i} ({name}): label {lab - 1} (0-based) is not one of the {len(class_names) if names else '?'} classes")
-        out.append(Sequence(x, fps=fps, labels=np.full(T, lab), segments=[(lab, 0, T)] if T else [], name=name,
-                            layout=layout, class_names=names, meta=meta))
+        out.append(_pyskl_sequence(path, a, i, member, names, fps))
     return out
 
 # %% ../nbs/02_formats.ipynb #23c321d6
+def _read_txt_skeleton(path:Path, labels, options:dict) -> Sequence:
+    "A `.txt` skeleton: PKU-MMD when its first line holds 150 numbers, NTU when it holds a frame count."
+    with open(path, encoding='utf-8', errors='replace') as f: first = f.readline().split()
+    if len(first) == 150: return read_pkummd(path, labels, **options)
+    if len(first) == 1 and first[0].isdigit(): return read_ntu_skeleton(path, **options)
+    _fail(path, f"unknown text format: expected a PKU-MMD line of 150 numbers or an NTU frame count, got {len(first)} values", 1)
+
+# %% ../nbs/02_formats.ipynb #183b0a89
+def _joints_sequence(path:Path, options:dict) -> Sequence:
+    "A one-person `Sequence` of the AMASS joint positions in `path` (see `read_amass_joints`)."
+    j, fps = read_amass_joints(path, **options)
+    return Sequence(j[:, None], fps=fps, name=path.stem, meta={'source': str(path)})
+
+# %% ../nbs/02_formats.ipynb #9887cf6b
+def _read_npy_skeleton(path:Path, labels, options:dict) -> Sequence:
+    "A `.npy` skeleton: a txt2npy dict, one ST-GCN sample (or `index=` of a split), or (T, 73|52, 3) joints."
+    with open(path, 'rb') as f: dtype = _npy_header(f, path)[2]
+    if dtype.hasobject: return read_ntu_npy(path, **options)     # an object array (a pickle): the txt2npy dict
+    arr = _load_npy(path, mmap_mode='r')
+    if arr.ndim in (4, 5) and arr.shape[-2] in (17, 25):
+        index = options.pop('index', 0)
+        return read_stgcn(path, labels, indices=[index], **options)[0]
+    if arr.ndim == 3 and arr.shape[1:] in ((73, 3), (52, 3)): return _joints_sequence(path, options)
+    _fail(path, f"unknown .npy layout {arr.shape}: expected an ST-GCN (C, T, V, M) sample, (N, C, T, V, M) split or (T, 73, 3) joints")
+
+# %% ../nbs/02_formats.ipynb #2450c483
 def read_skeleton(path, # a skeleton file of any supported format
                   labels=None, # its label file where the format keeps labels apart (PKU-MMD label txt, ST-GCN label .pkl)
                   **options, # passed on to the reader (e.g. max_bodies, index, fps, end_inclusive)
@@ -784,25 +946,9 @@ def read_skeleton(path, # a skeleton file of any supported format
     if not path.is_file(): raise FileNotFoundError(f"{path}: no such file")
     name, suffix = path.name.lower(), path.suffix.lower()
     if name.endswith('.skeleton'): return read_ntu_skeleton(path, **options)
-    if suffix == '.txt':
-        with open(path, encoding='utf-8', errors='replace') as f: first = f.readline().split()
-        if len(first) == 150: return read_pkummd(path, labels, **options)
-        if len(first) == 1 and first[0].isdigit(): return read_ntu_skeleton(path, **options)
-        _fail(path, f"unknown text format: expected a PKU-MMD line of 150 numbers or an NTU frame count, got {len(first)} values", 1)
-    if suffix == '.npy':
-        with open(path, 'rb') as f: dtype = _npy_header(f, path)[2]
-        if dtype.hasobject: return read_ntu_npy(path, **options)     # an object array (a pickle): the txt2npy dict
-        arr = _load_npy(path, mmap_mode='r')
-        if arr.ndim in (4, 5) and arr.shape[-2] in (17, 25):
-            index = options.pop('index', 0)
-            return read_stgcn(path, labels, indices=[index], **options)[0]
-        if arr.ndim == 3 and arr.shape[1:] in ((73, 3), (52, 3)):
-            j, fps = read_amass_joints(path, **options)
-            return Sequence(j[:, None], fps=fps, name=path.stem, meta={'source': str(path)})
-        _fail(path, f"unknown .npy layout {arr.shape}: expected an ST-GCN (C, T, V, M) sample, (N, C, T, V, M) split or (T, 73, 3) joints")
-    if suffix == '.npz':
-        j, fps = read_amass_joints(path, **options)
-        return Sequence(j[:, None], fps=fps, name=path.stem, meta={'source': str(path)})
+    if suffix == '.txt': return _read_txt_skeleton(path, labels, options)
+    if suffix == '.npy': return _read_npy_skeleton(path, labels, options)
+    if suffix == '.npz': return _joints_sequence(path, options)
     if suffix in ('.pkl', '.pickle'):
         index = options.pop('index', 0)
         seqs = read_pyskl(path, **options)
@@ -834,6 +980,7 @@ def write_ntu_skeleton(seq:Sequence, # an NTU-25 sequence with xyz coordinates
     nl = '\r\n' if crlf else '\n'
     write_atomic(path, nl.join(out) + nl)
 
+# %% ../nbs/02_formats.ipynb #8519fe7c
 def write_pkummd(seq:Sequence, # an NTU-25 xyz sequence with at most 2 persons
                  skeleton_path, # the skeleton .txt to write (150 numbers a line)
                  label_path=None, # the label .txt to write (label,start,end,confidence), if wanted

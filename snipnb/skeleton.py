@@ -9,6 +9,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 import numpy as np
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['NTU_JOINTS', 'NTU_BONES_1BASED', 'NTU_PAIRS_1BASED', 'NTU25', 'COCO_JOINTS', 'COCO17', 'SMPL_JOINTS', 'SMPL_PARENTS',
@@ -32,15 +33,19 @@ class Layout:
     @property
     def num_joints(self) -> int: return len(self.joints)
 
-    def flip_index(self) -> np.ndarray:
-        "Joint permutation that swaps left and right."
-        idx = np.arange(self.num_joints)
-        for l, r in self.pairs: idx[l], idx[r] = r, l
-        return idx
+# %% ../nbs/01_skeleton.ipynb #d6876314
+@patch
+def flip_index(self:Layout) -> np.ndarray:
+    "Joint permutation that swaps left and right."
+    idx = np.arange(self.num_joints)
+    for l, r in self.pairs: idx[l], idx[r] = r, l
+    return idx
 
-    def joint(self, name:str) -> int:
-        "0-based index of joint `name`."
-        return self.joints.index(name)
+# %% ../nbs/01_skeleton.ipynb #aea8431b
+@patch
+def joint(self:Layout, name:str) -> int:
+    "0-based index of joint `name`."
+    return self.joints.index(name)
 
 # %% ../nbs/01_skeleton.ipynb #185af73c
 NTU_JOINTS = ('spine_base', 'spine_mid', 'neck', 'head', 'shoulder_left', 'elbow_left', 'wrist_left', 'hand_left',
@@ -87,12 +92,14 @@ SMPL_JOINTS = ('pelvis', 'left_hip', 'right_hip', 'spine1', 'left_knee', 'right_
                'left_hand', 'right_hand')
 SMPL_PARENTS = (-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21)
 
+# %% ../nbs/01_skeleton.ipynb #d176bc32
 def orient_bones(edges, # undirected (i, j) pairs, 0-based
                  num_joints:int, center:int) -> tuple:
     "Bones as (child, parent) pairs where the parent is the joint nearer to `center`."
     dist = hop_distance(num_joints, edges, max_hop=num_joints)[center]
     return tuple((i, j) if dist[i] > dist[j] else (j, i) for i, j in edges)
 
+# %% ../nbs/01_skeleton.ipynb #85aeccd8
 def smpl_layout(num_joints:int=24, # 22 (body) or 24 (body + hands)
                ) -> Layout:
     "SMPL skeleton of 22 or 24 joints, centred on spine3."
@@ -132,6 +139,7 @@ SMPLH_TO_NTU25 = (0, 3, 12, 15, 16, 18, 20, 22, 17, 19, 21, 37, 1, 4, 7, 10, 2, 
 # fingertip (73-joint index) -> last joint of that finger among the 52 (left thumb3, left index3, right thumb3, right index3)
 SMPLH52_TIP_FALLBACK = {63: 36, 64: 24, 68: 51, 69: 39}
 
+# %% ../nbs/01_skeleton.ipynb #78874937
 def smplh_to_ntu25(joints:np.ndarray, # (T, 73, 3) smplx SMPL-H joints, or (T, 52, 3) skeleton joints only
                    source:str='', # file name, for messages
                   ) -> np.ndarray:  # (T, 25, 3)
@@ -154,30 +162,39 @@ def normalize_digraph(adj:np.ndarray) -> np.ndarray:
     return adj @ np.diag(inv)
 
 # %% ../nbs/01_skeleton.ipynb #aea85fd0
+def _spatial_partition(hop:np.ndarray, center:int, max_hop:int) -> np.ndarray:
+    "ST-GCN 'spatial' subsets (K, V, V) of the normalised neighbourhood: [self, root+closer, further] per hop."
+    V = len(hop)
+    norm = normalize_digraph((hop <= max_hop).astype(float))
+    A = []
+    for h in range(max_hop + 1):
+        root, close, further = (np.zeros((V, V)) for _ in range(3))
+        for i in range(V):
+            for j in range(V):
+                if hop[j, i] != h: continue
+                if hop[j, center] == hop[i, center]: root[j, i] = norm[j, i]
+                elif hop[j, center] > hop[i, center]: close[j, i] = norm[j, i]
+                else: further[j, i] = norm[j, i]
+        A += [root] if h == 0 else [root + close, further]
+    return np.stack(A)
+
+def _agcn_partition(V:int, edges, normalize:bool) -> np.ndarray:
+    "2s-AGCN subsets (3, V, V): identity, inward and outward edges (column-normalised when `normalize`)."
+    inward, outward = np.zeros((V, V)), np.zeros((V, V))
+    for i, j in edges: inward[j, i] = 1; outward[i, j] = 1
+    norm = normalize_digraph if normalize else (lambda a: a)
+    return np.stack([np.eye(V), norm(inward), norm(outward)])
+
+# %% ../nbs/01_skeleton.ipynb #b3fedc73
 class Graph:
     "Stacked adjacency (K, V, V) of a layout under a partition strategy ('spatial', 'agcn', 'agcn_raw', 'uniform')."
     def __init__(self, layout:str|Layout='ntu25', strategy:str='spatial', max_hop:int=1):
         self.layout, self.strategy, self.max_hop = get_layout(layout), strategy, max_hop
         V, edges, c = self.layout.num_joints, self.layout.bones, self.layout.center
         self.hop = hop_distance(V, edges, max_hop)
-        if strategy == 'spatial':
-            norm = normalize_digraph((self.hop <= max_hop).astype(float))
-            A = []
-            for h in range(max_hop + 1):
-                root, close, further = (np.zeros((V, V)) for _ in range(3))
-                for i in range(V):
-                    for j in range(V):
-                        if self.hop[j, i] != h: continue
-                        if self.hop[j, c] == self.hop[i, c]: root[j, i] = norm[j, i]
-                        elif self.hop[j, c] > self.hop[i, c]: close[j, i] = norm[j, i]
-                        else: further[j, i] = norm[j, i]
-                A += [root] if h == 0 else [root + close, further]
-            self.A = np.stack(A)
+        if strategy == 'spatial': self.A = _spatial_partition(self.hop, c, max_hop)
         elif strategy in ('agcn', 'agcn_raw'):       # 'agcn_raw': SnipCLR's pretraining graph, 0/1 edges
-            inward, outward = np.zeros((V, V)), np.zeros((V, V))
-            for i, j in edges: inward[j, i] = 1; outward[i, j] = 1
-            norm = normalize_digraph if strategy == 'agcn' else (lambda a: a)
-            self.A = np.stack([np.eye(V), norm(inward), norm(outward)])
+            self.A = _agcn_partition(V, edges, normalize=strategy == 'agcn')
         elif strategy == 'uniform':
             self.A = normalize_digraph((self.hop <= max_hop).astype(float))[None]
         else: raise ValueError(f"unknown graph strategy {strategy!r}; use 'spatial', 'agcn', 'agcn_raw' or 'uniform'")
@@ -196,6 +213,7 @@ def labels_to_segments(labels:np.ndarray, # (T,) frame labels
     starts, ends = np.r_[0, change], np.r_[change, labels.size]
     return [(int(labels[s]), int(s), int(e)) for s, e in zip(starts, ends) if labels[s] != background]
 
+# %% ../nbs/01_skeleton.ipynb #2c40acb0
 def segments_to_labels(segments, # [(label, start, end)], end exclusive
                        num_frames:int, background:int=0) -> np.ndarray:
     "Frame labels (T,) from segments; later segments overwrite earlier ones where they overlap."
@@ -203,7 +221,39 @@ def segments_to_labels(segments, # [(label, start, end)], end exclusive
     for lab, s, e in segments: labels[max(0, int(s)):min(num_frames, int(e))] = lab
     return labels
 
-# %% ../nbs/01_skeleton.ipynb #ce2714f3
+# %% ../nbs/01_skeleton.ipynb #ef88e7d4
+def _check_joints(joints, layout:str, where:str) -> np.ndarray:
+    "`joints` as float32 (T, M, V, C), checked against `layout` and for NaN or inf."
+    joints = np.asarray(joints, dtype=np.float32)
+    if joints.ndim != 4: raise ValueError(f"{where}: joints must be (T, M, V, C), got shape {joints.shape}")
+    T, M, V, C = joints.shape
+    lay = get_layout(layout)
+    if V != lay.num_joints or C not in (2, 3):
+        raise ValueError(f"{where}: layout {lay.name} expects V={lay.num_joints} and C in (2, 3), got V={V}, C={C}")
+    if not np.isfinite(joints).all():
+        t = int(np.flatnonzero(~np.isfinite(joints).reshape(T, -1).all(1))[0])
+        raise ValueError(f"{where}: NaN or inf coordinates at frame {t}")
+    return joints
+
+# %% ../nbs/01_skeleton.ipynb #022bc369
+def _check_labels(labels, T:int, class_names, where:str) -> np.ndarray|None:
+    "Frame labels as int64 (T,), non-negative and within `class_names`; None stays None."
+    if labels is None: return None
+    labels = np.asarray(labels, dtype=np.int64)
+    if labels.shape != (T,): raise ValueError(f"{where}: labels must be ({T},), got {labels.shape}")
+    if (labels < 0).any(): raise ValueError(f"{where}: negative frame label")
+    if class_names is not None and labels.max(initial=0) >= len(class_names):
+        raise ValueError(f"{where}: label {labels.max()} outside the {len(class_names)} classes")
+    return labels
+
+def _check_segments(segments, T:int, where:str) -> list:
+    "Segments as int (label, start, end) triples inside frames [0, T)."
+    segments = [(int(l), int(s), int(e)) for l, s, e in segments]
+    for l, s, e in segments:
+        if not (0 <= s < e <= T): raise ValueError(f"{where}: segment {(l, s, e)} outside frames [0, {T})")
+    return segments
+
+# %% ../nbs/01_skeleton.ipynb #29f31456
 @dataclass
 class Sequence:
     "One recording: joints (T, M, V, C) float32, fps, frame labels (T,) (0 = background), segments, name."
@@ -218,35 +268,21 @@ class Sequence:
 
     def __post_init__(self):
         where = self.name or 'Sequence'
-        self.joints = np.asarray(self.joints, dtype=np.float32)
-        if self.joints.ndim != 4: raise ValueError(f"{where}: joints must be (T, M, V, C), got shape {self.joints.shape}")
-        T, M, V, C = self.joints.shape
-        lay = get_layout(self.layout)
-        if V != lay.num_joints or C not in (2, 3):
-            raise ValueError(f"{where}: layout {lay.name} expects V={lay.num_joints} and C in (2, 3), got V={V}, C={C}")
-        if not np.isfinite(self.joints).all():
-            t = int(np.flatnonzero(~np.isfinite(self.joints).reshape(T, -1).all(1))[0])
-            raise ValueError(f"{where}: NaN or inf coordinates at frame {t}")
-        if self.labels is not None:
-            self.labels = np.asarray(self.labels, dtype=np.int64)
-            if self.labels.shape != (T,): raise ValueError(f"{where}: labels must be ({T},), got {self.labels.shape}")
-            if (self.labels < 0).any(): raise ValueError(f"{where}: negative frame label")
-            if self.class_names is not None and self.labels.max(initial=0) >= len(self.class_names):
-                raise ValueError(f"{where}: label {self.labels.max()} outside the {len(self.class_names)} classes")
-        self.segments = [(int(l), int(s), int(e)) for l, s, e in self.segments]
-        for l, s, e in self.segments:
-            if not (0 <= s < e <= T): raise ValueError(f"{where}: segment {(l, s, e)} outside frames [0, {T})")
-
-    @property
-    def num_frames(self) -> int: return self.joints.shape[0]
-    @property
-    def num_persons(self) -> int: return self.joints.shape[1]
-    @property
-    def duration(self) -> float: return self.num_frames / self.fps
+        self.joints = _check_joints(self.joints, self.layout, where)
+        self.labels = _check_labels(self.labels, len(self.joints), self.class_names, where)
+        self.segments = _check_segments(self.segments, len(self.joints), where)
 
     def __repr__(self):
         lab = 'unlabelled' if self.labels is None else f'{len(self.segments)} segments'
         return f"Sequence({self.name!r}, T={self.num_frames}, M={self.num_persons}, {self.layout}, {self.fps:g} fps, {lab})"
+
+# %% ../nbs/01_skeleton.ipynb #d5483b03
+@patch(as_prop=True)
+def num_frames(self:Sequence) -> int: return self.joints.shape[0]
+@patch(as_prop=True)
+def num_persons(self:Sequence) -> int: return self.joints.shape[1]
+@patch(as_prop=True)
+def duration(self:Sequence) -> float: return self.num_frames / self.fps
 
 # %% ../nbs/01_skeleton.ipynb #a600d12b
 def rotation_matrix(axis:np.ndarray, angle:float) -> np.ndarray:
@@ -258,6 +294,7 @@ def rotation_matrix(axis:np.ndarray, angle:float) -> np.ndarray:
     K = np.array([[0, -z, y], [z, 0, -x], [-y, x, 0]])
     return np.eye(3) + np.sin(angle) * K + (1 - np.cos(angle)) * K @ K
 
+# %% ../nbs/01_skeleton.ipynb #48ef888b
 def _align(v:np.ndarray, target:np.ndarray) -> np.ndarray:
     "Rotation taking direction `v` onto `target`."
     v = v / (np.linalg.norm(v) + 1e-12); target = target / np.linalg.norm(target)
@@ -268,6 +305,28 @@ def _align(v:np.ndarray, target:np.ndarray) -> np.ndarray:
         return rotation_matrix(perp, np.pi)
     return rotation_matrix(axis, np.arccos(np.clip(v @ target, -1, 1)))
 
+# %% ../nbs/01_skeleton.ipynb #c4254204
+def _rotate_to_axes(x:np.ndarray, valid:np.ndarray, t0:int, zaxis, xaxis) -> np.ndarray:
+    "Rotate (T, M, V, 3) `x` so frame `t0`'s first-person `zaxis` bone lies on +z, then (about z) its `xaxis` bone on +x."
+    if zaxis is not None:
+        R = _align(x[t0, 0, zaxis[1]] - x[t0, 0, zaxis[0]], np.array([0., 0, 1]))
+        x = np.where(valid, x @ R.T, 0)
+    if xaxis is not None:
+        v = x[t0, 0, xaxis[1]] - x[t0, 0, xaxis[0]]
+        if zaxis is not None: v = v - v[2] * np.array([0, 0, 1.])   # turn about z only, keeping the spine on z
+        R = _align(v, np.array([1., 0, 0]))
+        x = np.where(valid, x @ R.T, 0)
+    return x
+
+def _scale_by_bone(x:np.ndarray, valid:np.ndarray, bone:tuple) -> np.ndarray:
+    "`x` divided by the mean length of `bone` where both its joints are present."
+    a, b = bone
+    ok = valid[:, :, a, 0] & valid[:, :, b, 0]
+    length = np.linalg.norm(x[:, :, b] - x[:, :, a], axis=-1)[ok]
+    if length.size and length.mean() > 1e-9: x = x / length.mean()
+    return x
+
+# %% ../nbs/01_skeleton.ipynb #b9b7a281
 def normalize_skeleton(joints:np.ndarray, # (T, M, V, 3) as stored
                        center:int=1, # 0-based joint moved to the origin in every frame (NTU: spine middle)
                        zaxis:tuple|None=(0, 1), # joints whose bone is turned onto +z (NTU: spine base -> spine middle)
@@ -284,22 +343,11 @@ def normalize_skeleton(joints:np.ndarray, # (T, M, V, 3) as stored
     origin[~present] = x[present.argmax(), 0, center]         # frames without the first person: its first position
     x = np.where(valid, x - origin, 0)
     t0 = int(present.argmax())
-    if x.shape[-1] == 3:
-        if zaxis is not None:
-            R = _align(x[t0, 0, zaxis[1]] - x[t0, 0, zaxis[0]], np.array([0., 0, 1]))
-            x = np.where(valid, x @ R.T, 0)
-        if xaxis is not None:
-            v = x[t0, 0, xaxis[1]] - x[t0, 0, xaxis[0]]
-            if zaxis is not None: v = v - v[2] * np.array([0, 0, 1.])   # turn about z only, keeping the spine on z
-            R = _align(v, np.array([1., 0, 0]))
-            x = np.where(valid, x @ R.T, 0)
-    if scale:
-        a, b = scale_bone
-        ok = valid[:, :, a, 0] & valid[:, :, b, 0]
-        length = np.linalg.norm(x[:, :, b] - x[:, :, a], axis=-1)[ok]
-        if length.size and length.mean() > 1e-9: x = x / length.mean()
+    if x.shape[-1] == 3: x = _rotate_to_axes(x, valid, t0, zaxis, xaxis)
+    if scale: x = _scale_by_bone(x, valid, scale_bone)
     return x.astype(np.float32)
 
+# %% ../nbs/01_skeleton.ipynb #8cd120b6
 def drop_empty_frames(joints:np.ndarray) -> np.ndarray:
     "Remove frames where no person has any joint (trimmed clips only: it shifts the time axis)."
     keep = np.abs(joints).reshape(len(joints), -1).sum(1) > 0
@@ -312,6 +360,7 @@ def resample_time(num_frames:int, src_fps:float, dst_fps:float) -> np.ndarray:
     n_out = max(1, int(round(duration * dst_fps)))
     return np.minimum(np.arange(n_out) * (src_fps / dst_fps), num_frames - 1)
 
+# %% ../nbs/01_skeleton.ipynb #3ec8aacf
 def resample_joints(joints:np.ndarray, # (T, ...) any trailing shape
                     src_fps:float, dst_fps:float) -> np.ndarray:
     "Linear interpolation of joints from `src_fps` to `dst_fps`."

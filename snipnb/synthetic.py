@@ -8,6 +8,7 @@ Docs: https://snipnb.github.io/snipnb/synthetic.html.md"""
 from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 import numpy as np
+from fastcore.basics import patch
 from tqdm.auto import tqdm
 from .skeleton import NTU25, Sequence, labels_to_segments, segments_to_labels
 
@@ -15,10 +16,10 @@ from .skeleton import NTU25, Sequence, labels_to_segments, segments_to_labels
 __all__ = ['SYNTHETIC_CLASSES', 'SYNTHETIC_ACTIONS', 'SYNTHETIC_SUBSETS', 'CONFUSABLE_PAIRS', 'DIFFICULTY_LEVELS', 'FK_PARENTS',
            'FK_ORDER', 'FK_INNER', 'ANKLE_HEIGHT', 'MOTION_SHAPES', 'PRIMITIVES', 'TYPICAL_SECONDS',
            'MIN_SEGMENT_FRAMES', 'DROPOUT_GROUPS', 'MIN_DEPTH', 'SYNTHETIC_SIZES', 'RECORDINGS_PER_SUBJECT',
-           'GENERATOR_VERSION', 'subset_labels', 'subset_sequence', 'SyntheticConfig', 'Body', 'make_body',
-           'euler_matrix', 'forward_kinematics', 'still', 'Style', 'plan_recording', 'blend_motions', 'pose_motion',
-           'camera_transform', 'sensor', 'synthetic_recording', 'bone_lengths', 'synthetic_split_sizes',
-           'synthetic_subjects', 'anchor_classes', 'synthetic_plan', 'make_synthetic']
+           'GENERATOR_VERSION', 'SyntheticConfig', 'Body', 'make_body', 'euler_matrix', 'forward_kinematics', 'still',
+           'Style', 'plan_recording', 'blend_motions', 'pose_motion', 'camera_transform', 'sensor',
+           'synthetic_recording', 'bone_lengths', 'synthetic_split_sizes', 'synthetic_subjects', 'anchor_classes',
+           'synthetic_plan', 'make_synthetic']
 
 # %% ../nbs/03_synthetic.ipynb #09b3a6be
 SYNTHETIC_CLASSES = ('background', 'walk', 'jog', 'stand', 'turn', 'jump', 'sit down', 'stand up', 'kick', 'wave',
@@ -30,29 +31,6 @@ SYNTHETIC_SUBSETS = {1: ('walk', 'stand', 'turn', 'jump'),       # stand vs idle
                      3: ('jog', 'wave', 'punch', 'clap')}          # wave vs punch (and jog vs walk, now background)
 CONFUSABLE_PAIRS = (('walk', 'jog'), ('stand', 'background'), ('wave', 'punch'), ('squat', 'sit down'))
 
-# %% ../nbs/03_synthetic.ipynb #37eb8776
-def subset_labels(labels:np.ndarray, # (T,) frame labels over `class_names`
-                  subset_classes:tuple, # names of the subset's classes, in their new order 1..n
-                  class_names:tuple=SYNTHETIC_CLASSES, # names of the labels' classes, index 0 = background
-                 ) -> np.ndarray: # (T,) int64: subset classes 1..n, all others 0
-    "Remap frame labels to a class subset: its classes become 1..n, every other class background 0."
-    class_names = tuple(class_names)
-    unknown = [c for c in subset_classes if c not in class_names]
-    if unknown: raise ValueError(f"subset classes {unknown} are not among the classes {class_names}")
-    lut = np.zeros(len(class_names), dtype=np.int64)
-    for k, name in enumerate(subset_classes, 1): lut[class_names.index(name)] = k
-    return lut[np.asarray(labels, dtype=np.int64)]
-
-def subset_sequence(seq:Sequence, # a labelled recording
-                    subset:int|tuple, # 1, 2, 3 (`SYNTHETIC_SUBSETS`) or a tuple of class names
-                   ) -> Sequence:
-    "The same recording (joints shared, not copied) with labels, segments and class names of a subset."
-    classes = SYNTHETIC_SUBSETS[subset] if isinstance(subset, int) else tuple(subset)
-    if seq.labels is None: raise ValueError(f"{seq.name}: no frame labels to remap to subset {classes}")
-    labels = subset_labels(seq.labels, classes, seq.class_names or SYNTHETIC_CLASSES)
-    return Sequence(seq.joints, seq.fps, labels, labels_to_segments(labels), seq.name, seq.layout,
-                    ('background', *classes), {**seq.meta, 'subset': classes})
-
 # %% ../nbs/03_synthetic.ipynb #886f9e78
 _EASY = dict(noise_std=0.002, dropout_rate=0.0, transition_s=0.3, speed_var=0.05, amplitude_var=0.05,
              camera_yaw_deg=0.0, camera_elevation_deg=0.0, camera_shift=0.0, background_fraction=0.15,
@@ -62,6 +40,7 @@ _HARD = dict(noise_std=0.03, dropout_rate=0.5, transition_s=1.3, speed_var=0.3, 
              confusability=0.9, distractor_rate=0.5, body_var=0.06)
 DIFFICULTY_LEVELS = {'easy': 0.0, 'medium': 0.5, 'hard': 1.0}
 
+# %% ../nbs/03_synthetic.ipynb #a0b1e8bf
 @dataclass(frozen=True)
 class SyntheticConfig:
     "Knobs of the synthetic benchmark; the defaults are difficulty 'medium'."
@@ -83,20 +62,21 @@ class SyntheticConfig:
     frames: tuple = (300, 1000)        # shortest and longest recording, frames
     actions: tuple = (3, 8)            # fewest and most actions per recording
 
-    @classmethod
-    def from_difficulty(cls, difficulty:str|float='medium', # 'easy', 'medium', 'hard' or 0..1
-                        **overrides): # any field, set after the interpolation
-        "Knobs interpolated between the easy (0) and the hard (1) end, then `overrides`."
-        if isinstance(difficulty, str):
-            if difficulty not in DIFFICULTY_LEVELS:
-                raise ValueError(f"difficulty {difficulty!r}: use one of {', '.join(map(repr, DIFFICULTY_LEVELS))} or a float in [0, 1]")
-            difficulty = DIFFICULTY_LEVELS[difficulty]
-        d = float(difficulty)
-        if not 0 <= d <= 1: raise ValueError(f"difficulty {d}: expected a float in [0, 1]")
-        knobs = {k: round(_EASY[k] + d * (_HARD[k] - _EASY[k]), 9) for k in _EASY}   # rounded: 'medium' equals the defaults
-        bad = set(overrides) - {f.name for f in fields(cls)}
-        if bad: raise TypeError(f"unknown SyntheticConfig fields {sorted(bad)}")
-        return cls(**{**knobs, 'difficulty': d, **overrides})
+# %% ../nbs/03_synthetic.ipynb #63e4a0cf
+@patch(cls_method=True)
+def from_difficulty(cls:SyntheticConfig, difficulty:str|float='medium', # 'easy', 'medium', 'hard' or 0..1
+                    **overrides): # any field, set after the interpolation
+    "Knobs interpolated between the easy (0) and the hard (1) end, then `overrides`."
+    if isinstance(difficulty, str):
+        if difficulty not in DIFFICULTY_LEVELS:
+            raise ValueError(f"difficulty {difficulty!r}: use one of {', '.join(map(repr, DIFFICULTY_LEVELS))} or a float in [0, 1]")
+        difficulty = DIFFICULTY_LEVELS[difficulty]
+    d = float(difficulty)
+    if not 0 <= d <= 1: raise ValueError(f"difficulty {d}: expected a float in [0, 1]")
+    knobs = {k: round(_EASY[k] + d * (_HARD[k] - _EASY[k]), 9) for k in _EASY}   # rounded: 'medium' equals the defaults
+    bad = set(overrides) - {f.name for f in fields(cls)}
+    if bad: raise TypeError(f"unknown SyntheticConfig fields {sorted(bad)}")
+    return cls(**{**knobs, 'difficulty': d, **overrides})
 
 # %% ../nbs/03_synthetic.ipynb #838299bb
 FK_PARENTS = (-1, 0, 20, 2, 20, 4, 5, 6, 20, 8, 9, 10, 0, 12, 13, 14, 0, 16, 17, 18, 1, 7, 7, 11, 11)
@@ -122,6 +102,7 @@ _BODY_PARTS = {'torso': (1, 20), 'head': (2, 3), 'shoulders': (4,), 'upper_arm':
                'hand': (7, 21, 22), 'hips': (12,), 'thigh': (13,), 'shank': (14,), 'foot': (15,)}
 ANKLE_HEIGHT = 0.04   # ankle joint above the ground at rest, fraction of height
 
+# %% ../nbs/03_synthetic.ipynb #6a05521c
 @dataclass(frozen=True, eq=False)
 class Body:
     "A synthetic subject: height, rest offsets from each joint's FK parent, personal tempo and range of motion."
@@ -134,9 +115,10 @@ class Body:
     @property
     def leg_length(self) -> float: return float(-self.offsets[13, 1] - self.offsets[14, 1])
 
+# %% ../nbs/03_synthetic.ipynb #66019173
 def make_body(subject:int, # subject id
               seed:int=0, # benchmark seed
-              body_var:float=0.04, # log-std of each body part's proportion
+              body_var:float=SyntheticConfig.body_var, # log-std of each body part's proportion
               height_range:tuple=(1.5, 1.95), # metres
              ) -> Body:
     "The body of `subject`, drawn from its own random stream (the same for every recording of the subject)."
@@ -189,6 +171,7 @@ def still(n:int) -> dict:
     "A motion of `n` frames standing at rest: every channel zero."
     return {k: np.zeros((n, *s)) for k, s in MOTION_SHAPES.items()}
 
+# %% ../nbs/03_synthetic.ipynb #ff8140b0
 @dataclass
 class Style:
     "How one action instance is performed: tempo, range, phase, leading side, confusability, subject."
@@ -212,6 +195,7 @@ def _bump(u, a, b):
     "sin^2 bump: 0 outside [a, b], 1 in its middle."
     return np.sin(np.pi * np.clip((u - a) / (b - a), 0, 1)) ** 2
 
+# %% ../nbs/03_synthetic.ipynb #f9f466f1
 def _envelope(t, D, rise):
     "1 inside [0, D] with smooth rises of `rise` seconds at both ends, 0 outside."
     return _smooth(t / rise) * _smooth((D - t) / rise)
@@ -221,6 +205,7 @@ def _cycles(t, D, period):
     n = max(1, int(round(D / period)))
     return (np.clip(t, 0, D) * n / D) % 1.0, n
 
+# %% ../nbs/03_synthetic.ipynb #3ca7a486
 def _lean(m, pitch): m['angles'][:, 0, 0] = pitch
 
 def _leg(m, side, thigh=0., knee=0., ankle=0., abduct=0.):
@@ -230,6 +215,7 @@ def _leg(m, side, thigh=0., knee=0., ankle=0., abduct=0.):
     A[:, kn, 0] = knee
     A[:, an, 0] = thigh - knee + ankle
 
+# %% ../nbs/03_synthetic.ipynb #4cb4a650
 def _arm(m, side, flex=0., abduct=0., adduct=0., elbow=0., elbow_side=0.):
     sh, el = (4, 5) if side > 0 else (8, 9)
     A = m['angles']
@@ -244,6 +230,7 @@ def _add(m, other):
 _WALK = dict(cadence=0.9, hip=_deg(21), knee0=_deg(5), knee_swing=_deg(50), arm=_deg(16), elbow=_deg(15), lean=_deg(2), flight=0.0)
 _JOG = dict(cadence=1.35, hip=_deg(32), knee0=_deg(15), knee_swing=_deg(85), arm=_deg(30), elbow=_deg(80), lean=_deg(9), flight=0.05)
 
+# %% ../nbs/03_synthetic.ipynb #8629292b
 def _gait(t, st, cadence, hip, knee0, knee_swing, arm, elbow, lean, flight):
     m, a = still(len(t)), st.amplitude
     f = cadence * st.speed
@@ -259,6 +246,7 @@ def _gait(t, st, cadence, hip, knee0, knee_swing, arm, elbow, lean, flight):
     m['lift'][:] = flight * a * np.clip(np.sin(2 * p), 0, None)
     return m
 
+# %% ../nbs/03_synthetic.ipynb #b1939f56
 def _mix(p, q, w): return {k: p[k] + w * (q[k] - p[k]) for k in p}
 
 def _walk(t, D, st): return _gait(t, st, **_mix(_WALK, _JOG, 0.4 * st.confusability))
@@ -275,6 +263,7 @@ def _sway(m, t, st, amplitude, look):
     m['angles'][:, 2, 1] += look * np.sin(2 * np.pi * f3 / 3 * t + ph[3])         # head turns
     return m
 
+# %% ../nbs/03_synthetic.ipynb #9b2946c5
 def _rest_arms(m, abduct=_deg(6), elbow=_deg(8)):
     for side in (1, -1): _arm(m, side, abduct=abduct, elbow=elbow)
 
@@ -285,6 +274,7 @@ def _seated(m, amount, lean=_deg(8)):
         _leg(m, side, thigh=_deg(90) * amount, knee=_deg(90) * amount)
         _arm(m, side, flex=_deg(25) * amount, abduct=_deg(6), elbow=_deg(8) + _deg(45) * amount)
 
+# %% ../nbs/03_synthetic.ipynb #46abeb49
 def _stand(t, D, st):
     m = still(len(t)); _rest_arms(m)
     c = st.confusability
@@ -317,6 +307,7 @@ def _fidget(t, st, kind, t0, dur):
         m['angles'][:, 2, 1] = side * _deg(rng.uniform(30, 70)) * env
     return m
 
+# %% ../nbs/03_synthetic.ipynb #1d898bad
 def _idle(t, D, st, seated=False):
     m, rng, c = still(len(t)), st.rng, st.confusability
     if seated: _seated(m, 1.0)
@@ -345,6 +336,7 @@ def _turn(t, D, st):
     m['angles'][:, 2, 1] = 0.35 * np.sign(theta) * env
     return m
 
+# %% ../nbs/03_synthetic.ipynb #f6d5e044
 def _jump(t, D, st):
     m, rng, a = still(len(t)), st.rng, st.amplitude
     u, _ = _cycles(t, D, rng.uniform(1.0, 1.5) / st.speed)
@@ -359,6 +351,7 @@ def _jump(t, D, st):
     if rng.random() < 0.4: m['velocity'][:, 0] = 6 * height * flight      # a jump forward
     return m
 
+# %% ../nbs/03_synthetic.ipynb #d4f92ffd
 def _kick(t, D, st):
     m, rng, a = still(len(t)), st.rng, st.amplitude
     u, _ = _cycles(t, D, rng.uniform(1.2, 1.8) / st.speed)
@@ -386,6 +379,7 @@ def _sit(t, D, st, up=False):
 def _sit_down(t, D, st): return _sit(t, D, st)
 def _stand_up(t, D, st): return _sit(t, D, st, up=True)
 
+# %% ../nbs/03_synthetic.ipynb #6bb41901
 def _squat(t, D, st):
     m, rng, c = still(len(t)), st.rng, st.confusability
     u, _ = _cycles(t, D, rng.uniform(1.6, 2.6) / st.speed)
@@ -397,6 +391,7 @@ def _squat(t, D, st):
         _arm(m, side, flex=_deg(80) * (1 - 0.6 * c) * d, abduct=_deg(6), elbow=_deg(10) + _deg(30) * c * d)
     return m
 
+# %% ../nbs/03_synthetic.ipynb #3e645a9b
 def _bow(t, D, st):
     m, rng = still(len(t)), st.rng
     u, _ = _cycles(t, D, rng.uniform(1.8, 3.0) / st.speed)
@@ -421,6 +416,7 @@ def _wave(t, D, st):
              elbow_side=(_deg(80) + _deg(25) * osc) * (1 - front) * env)
     return m
 
+# %% ../nbs/03_synthetic.ipynb #7a772609
 def _punch(t, D, st):
     m, rng = still(len(t)), st.rng
     env = _envelope(t, D, min(0.5, D / 4))
@@ -437,6 +433,7 @@ def _punch(t, D, st):
     _leg(m, st.side, thigh=_deg(8) * env, knee=_deg(10) * env); _leg(m, -st.side, thigh=-_deg(5) * env, knee=_deg(10) * env)
     return m
 
+# %% ../nbs/03_synthetic.ipynb #e2e8c73f
 def _clap(t, D, st):
     m, rng, a = still(len(t)), st.rng, st.amplitude
     env = _envelope(t, D, min(0.5, D / 4))
@@ -457,28 +454,26 @@ TYPICAL_SECONDS = {'walk': 5, 'jog': 4, 'stand': 3, 'turn': 2.5, 'jump': 3, 'sit
 
 # %% ../nbs/03_synthetic.ipynb #d0b4e299
 MIN_SEGMENT_FRAMES = 15
+_PAIR = ('sit down', 'stand up')   # always together and in this order
 
-def plan_recording(rng:np.random.Generator, # the recording's own random stream
-                   config:SyntheticConfig|None=None, # the knobs; None: the defaults ('medium')
-                   anchors:tuple=(), # action names the recording must contain
-                  ) -> list: # [(kind, start, end)], contiguous from 0 to T; kind a class name, 'background' or 'background seated'
-    "The sequence of actions and background of one recording, in frames."
-    cfg = config or SyntheticConfig()
-    T = int(rng.integers(cfg.frames[0], cfg.frames[1] + 1))
-    n = int(rng.integers(cfg.actions[0], max(cfg.actions[0], min(cfg.actions[1], T // 45)) + 1))
-    pair = ('sit down', 'stand up')
+def _action_units(rng:np.random.Generator, n:int, anchors:tuple=()) -> list:
+    "At least `n` actions as units in random order: the anchors, then random classes; 'sit down' comes with 'stand up'."
     units = []
     for a in anchors:
-        unit = pair if a in pair else (a,)
+        unit = _PAIR if a in _PAIR else (a,)
         if unit not in units: units.append(unit)
-    singles = [a for a in SYNTHETIC_ACTIONS if a not in pair]
+    singles = [a for a in SYNTHETIC_ACTIONS if a not in _PAIR]
     count = sum(map(len, units))
     while count < n:   # the pair with probability 1/(K-1) per draw gives every class the same expected share
-        if n - count >= 2 and rng.random() < 1 / (len(SYNTHETIC_ACTIONS) - 1): unit = pair
+        if n - count >= 2 and rng.random() < 1 / (len(SYNTHETIC_ACTIONS) - 1): unit = _PAIR
         else: unit = (singles[rng.integers(len(singles))],)
         units.append(unit); count += len(unit)
-    units = [units[i] for i in rng.permutation(len(units))]
-    bf = cfg.background_fraction
+    return [units[i] for i in rng.permutation(len(units))]
+
+# %% ../nbs/03_synthetic.ipynb #507bed33
+def _with_background(rng:np.random.Generator, units:list, background_fraction:float) -> list:
+    "The kinds of a recording's segments: the units' actions with background gaps, always one between equal neighbours."
+    bf = background_fraction
     p_gap = min(0.95, bf / max(1 - bf, 1e-6) * 1.04)      # about bf of the frames end up background
     kinds = []
     for i, unit in enumerate(units):
@@ -489,12 +484,29 @@ def plan_recording(rng:np.random.Generator, # the recording's own random stream
             if rng.random() < p_gap: kinds.append('background seated')
             kinds.append(unit[1])
     if rng.random() < p_gap: kinds.append('background')
+    return kinds
+
+# %% ../nbs/03_synthetic.ipynb #3110a162
+def _share_frames(rng:np.random.Generator, kinds:list, T:int) -> list:
+    "[(kind, start, end)] over `T` frames: typical durations times a log-normal factor, at least MIN_SEGMENT_FRAMES each."
     weights = np.array([TYPICAL_SECONDS[k] for k in kinds]) * rng.lognormal(0, 0.35, size=len(kinds))
     spare = T - MIN_SEGMENT_FRAMES * len(kinds)
     lengths = MIN_SEGMENT_FRAMES + np.floor(spare * weights / weights.sum()).astype(int)
     lengths[np.argmax(weights)] += T - lengths.sum()
     ends = np.cumsum(lengths)
     return [(k, int(e - l), int(e)) for k, l, e in zip(kinds, lengths, ends)]
+
+# %% ../nbs/03_synthetic.ipynb #376052aa
+def plan_recording(rng:np.random.Generator, # the recording's own random stream
+                   config:SyntheticConfig|None=None, # the knobs; None: the defaults ('medium')
+                   anchors:tuple=(), # action names the recording must contain
+                  ) -> list: # [(kind, start, end)], contiguous from 0 to T; kind a class name, 'background' or 'background seated'
+    "The sequence of actions and background of one recording, in frames."
+    cfg = config or SyntheticConfig()
+    T = int(rng.integers(cfg.frames[0], cfg.frames[1] + 1))
+    n = int(rng.integers(cfg.actions[0], max(cfg.actions[0], min(cfg.actions[1], T // 45)) + 1))
+    kinds = _with_background(rng, _action_units(rng, n, anchors), cfg.background_fraction)
+    return _share_frames(rng, kinds, T)
 
 # %% ../nbs/03_synthetic.ipynb #15d40fc2
 def _ramp_weights(frames, start, end, w_in, w_out):
@@ -503,10 +515,11 @@ def _ramp_weights(frames, start, end, w_in, w_out):
     down = _smooth(((end + w_out / 2) - frames - 0.5) / w_out) if w_out > 0 else np.ones(len(frames))
     return up * down
 
+# %% ../nbs/03_synthetic.ipynb #28e715e3
 def blend_motions(plan:list, # [(kind, start, end)] from `plan_recording`
                   styles:list, # one `Style` per segment
                   transitions:list, # blend window (frames) at each of the len(plan) - 1 boundaries
-                  fps:float=30.0) -> dict:
+                  fps:float=SyntheticConfig.fps) -> dict:
     "The whole recording's motion: each segment's primitive, cross-faded with its neighbours."
     T = plan[-1][2]
     total, weight = still(T), np.zeros(T)
@@ -527,9 +540,10 @@ def _yaw_matrix(yaw):
     c, s, z, o = np.cos(yaw), np.sin(yaw), np.zeros_like(yaw), np.ones_like(yaw)
     return np.stack([np.stack([c, z, s], -1), np.stack([z, o, z], -1), np.stack([-s, z, c], -1)], -2)
 
+# %% ../nbs/03_synthetic.ipynb #b3cacfca
 def pose_motion(motion:dict, # from `blend_motions`
                 body:Body,
-                fps:float=30.0) -> np.ndarray: # (T, 25, 3) world positions, y up, ground at y = 0
+                fps:float=SyntheticConfig.fps) -> np.ndarray: # (T, 25, 3) world positions, y up, ground at y = 0
     "World joint positions of `body` performing `motion`: heading and path integrated, feet on the ground."
     yaw = np.cumsum(motion['yaw_rate']) / fps
     heading = _yaw_matrix(yaw)                                         # (T, 3, 3)
@@ -555,6 +569,7 @@ def camera_transform(world:np.ndarray, # (T, V, 3) world positions, y up
     R = euler_matrix([elevation, 0, 0]) @ euler_matrix([0, np.pi + yaw, 0])
     return (world - np.array([0, height, 0])) @ R.T + np.array([shift[0], shift[1], distance])
 
+# %% ../nbs/03_synthetic.ipynb #5744a627
 DROPOUT_GROUPS = {'hand': ((7, 21, 22), (11, 23, 24)), 'arm': ((5, 6, 7, 21, 22), (9, 10, 11, 23, 24)),
                   'foot': ((14, 15), (18, 19)), 'leg': ((13, 14, 15), (17, 18, 19)), 'body': (tuple(range(25)),) * 2}
 _DROPOUT_P = {'hand': 0.3, 'arm': 0.2, 'foot': 0.2, 'leg': 0.1, 'body': 0.2}
@@ -581,6 +596,34 @@ def sensor(joints:np.ndarray, # (T, V, 3) clean camera coordinates
 # %% ../nbs/03_synthetic.ipynb #923a59c7
 MIN_DEPTH = 1.0   # metres: the camera stands back so that no joint comes closer than this
 
+def _styles(rng:np.random.Generator, cfg:SyntheticConfig, body:Body, n:int) -> list:
+    "One `Style` per segment: the subject's tempo and range times per-action variability, a random phase and side."
+    return [Style(speed=body.speed * rng.lognormal(0, cfg.speed_var), amplitude=body.amplitude * rng.lognormal(0, cfg.amplitude_var),
+                  phase=rng.uniform(0, 2 * np.pi), side=int(rng.choice([-1, 1])), confusability=cfg.confusability,
+                  distractor_rate=cfg.distractor_rate, leg_length=body.leg_length, rng=rng) for _ in range(n)]
+
+# %% ../nbs/03_synthetic.ipynb #7ad38461
+def _blend_windows(rng:np.random.Generator, cfg:SyntheticConfig, plan:list) -> list:
+    "Blend window (frames) at each boundary of `plan`: about `transition_s`, never longer than either neighbour."
+    lengths = [e - s for _, s, e in plan]
+    return [int(min(round(cfg.transition_s * cfg.fps * rng.uniform(0.5, 1.5)), lengths[k], lengths[k + 1]))
+            for k in range(len(plan) - 1)]
+
+# %% ../nbs/03_synthetic.ipynb #40f9214e
+def _camera(rng:np.random.Generator, cfg:SyntheticConfig) -> dict:
+    "A random camera placement: the keyword arguments of `camera_transform`."
+    return dict(yaw=float(_deg(rng.uniform(-1, 1) * cfg.camera_yaw_deg)), elevation=float(_deg(rng.uniform(0, cfg.camera_elevation_deg))),
+                distance=float(rng.uniform(2.5, 4.0)), height=float(rng.uniform(0.7, 1.3)),
+                shift=tuple(float(v) for v in rng.uniform(-1, 1, 2) * cfg.camera_shift))
+
+def _film(world:np.ndarray, camera:dict) -> np.ndarray:
+    "`world` in camera coordinates; the camera steps back (`camera['distance']` grows) when a joint comes nearer than MIN_DEPTH."
+    joints = camera_transform(world, **camera)
+    if joints[..., 2].min() < MIN_DEPTH:   # the subject walked up to the camera: it stood further back
+        camera['distance'] += float(MIN_DEPTH - joints[..., 2].min()); joints = camera_transform(world, **camera)
+    return joints
+
+# %% ../nbs/03_synthetic.ipynb #1449374f
 def synthetic_recording(index:int, # recording number within the benchmark (names it and seeds it)
                         subject:int, # subject id (body and personal style)
                         split:str='train', # recorded in meta
@@ -594,19 +637,11 @@ def synthetic_recording(index:int, # recording number within the benchmark (name
     rng = np.random.default_rng([seed, index, 0])
     body = make_body(subject, seed, cfg.body_var)
     plan = plan_recording(rng, cfg, anchors)
-    styles = [Style(speed=body.speed * rng.lognormal(0, cfg.speed_var), amplitude=body.amplitude * rng.lognormal(0, cfg.amplitude_var),
-                    phase=rng.uniform(0, 2 * np.pi), side=int(rng.choice([-1, 1])), confusability=cfg.confusability,
-                    distractor_rate=cfg.distractor_rate, leg_length=body.leg_length, rng=rng) for _ in plan]
-    lengths = [e - s for _, s, e in plan]
-    transitions = [int(min(round(cfg.transition_s * cfg.fps * rng.uniform(0.5, 1.5)), lengths[k], lengths[k + 1]))
-                   for k in range(len(plan) - 1)]
-    world = pose_motion(blend_motions(plan, styles, transitions, cfg.fps), body, cfg.fps)
-    camera = dict(yaw=float(_deg(rng.uniform(-1, 1) * cfg.camera_yaw_deg)), elevation=float(_deg(rng.uniform(0, cfg.camera_elevation_deg))),
-                  distance=float(rng.uniform(2.5, 4.0)), height=float(rng.uniform(0.7, 1.3)),
-                  shift=tuple(float(v) for v in rng.uniform(-1, 1, 2) * cfg.camera_shift))
-    joints = camera_transform(world, **camera)
-    if joints[..., 2].min() < MIN_DEPTH:   # the subject walked up to the camera: it stood further back
-        camera['distance'] += float(MIN_DEPTH - joints[..., 2].min()); joints = camera_transform(world, **camera)
+    styles = _styles(rng, cfg, body, len(plan))
+    transitions = _blend_windows(rng, cfg, plan)
+    world = pose_motion(blend_motions(plan, styles, transitions, cfg.fps), body, cfg.fps)   # the styles draw from `rng` here
+    camera = _camera(rng, cfg)
+    joints = _film(world, camera)
     dropouts = []
     if not clean: joints, dropouts = sensor(joints, np.random.default_rng([seed, index, 2]), cfg)
     actions = [(SYNTHETIC_CLASSES.index(k), s, e) for k, s, e in plan if k in SYNTHETIC_ACTIONS]
@@ -641,6 +676,7 @@ def synthetic_split_sizes(size:str|int='default') -> dict:
     sizes['pretrain'] += total - sum(sizes.values())
     return sizes
 
+# %% ../nbs/03_synthetic.ipynb #56b295c7
 def synthetic_subjects(sizes:dict) -> dict:
     "Disjoint subject ids for each split, numbered from 1 (about one subject per 12 recordings, at least 2)."
     out, first = {}, 1
@@ -649,6 +685,7 @@ def synthetic_subjects(sizes:dict) -> dict:
         out[split] = list(range(first, first + k)); first += k
     return out
 
+# %% ../nbs/03_synthetic.ipynb #6d56bc3c
 def anchor_classes(i:int, # recording number within its split
                    per_recording:int=3) -> tuple:
     "The action classes recording `i` of a split must contain."

@@ -7,21 +7,20 @@ Docs: https://snipnb.github.io/snipnb/train.html.md"""
 # %% ../nbs/09_train.ipynb #a4e70f18
 from __future__ import annotations
 import contextlib, csv, numbers, inspect, io, itertools, json, math, os, time, warnings
-from dataclasses import dataclass, field, asdict, fields
+from dataclasses import dataclass, asdict, fields
 from pathlib import Path
 from typing import Callable
 import torch, torch.nn as nn
 import torch.distributed as dist
 from fastcore.basics import patch
 from tqdm.auto import tqdm
-from .config import get_device, get_setting
+from .config import get_device
 from .fileio import remove_stale, write_atomic, no_space
 
 # %% auto #0
 __all__ = ['RESUMABLE_FIELDS', 'positive_int', 'TrainConfig', 'train_config_differences', 'lr_factor', 'build_optimizer',
            'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'init_distributed', 'is_main_process',
-           'check_writable', 'Trainer', 'pretrain_step', 'pretrain_splits', 'run_name', 'pretrain',
-           'pretrained_backbone']
+           'check_writable', 'Trainer', 'pretrain_step', 'pretrain_splits', 'pretrained_backbone']
 
 # %% ../nbs/09_train.ipynb #f743ec52
 def positive_int(name:str, value, # the option and its value
@@ -33,6 +32,7 @@ def positive_int(name:str, value, # the option and its value
         raise ValueError(f"{name} must be a positive integer" + (f" or None ({none})" if none else '') + f", got {value!r}")
     return value
 
+# %% ../nbs/09_train.ipynb #3d36b1b1
 @dataclass
 class TrainConfig:
     "Everything that defines a training run (plain values: stored in checkpoints and logs)."
@@ -66,12 +66,16 @@ class TrainConfig:
                         ('checkpoint_every_steps', 'never')): positive_int(f, getattr(self, f), none)
         if not (math.isfinite(self.lr) and self.lr > 0): raise ValueError(f"TrainConfig: lr must be a positive number, got {self.lr!r}")
 
-    def to_dict(self) -> dict: return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+# %% ../nbs/09_train.ipynb #d5dd7ac1
+@patch
+def to_dict(self:TrainConfig) -> dict: return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
-    @classmethod
-    def from_dict(cls, d:dict) -> 'TrainConfig':
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: tuple(v) if k == 'steps' else v for k, v in d.items() if k in known})
+# %% ../nbs/09_train.ipynb #4fe88cab
+@patch(cls_method=True)
+def from_dict(cls:TrainConfig, d:dict) -> TrainConfig:
+    "The configuration of `d`, ignoring keys this version does not know."
+    known = {f.name for f in fields(cls)}
+    return cls(**{k: tuple(v) if k == 'steps' else v for k, v in d.items() if k in known})
 
 # %% ../nbs/09_train.ipynb #ee4512e1
 RESUMABLE_FIELDS = ('epochs', 'checkpoint_every', 'checkpoint_every_steps', 'device', 'compile')  # where and how long, not what is trained
@@ -84,6 +88,7 @@ def train_config_differences(saved:dict, # the `train_config` stored in a checkp
     free = set(RESUMABLE_FIELDS) - ({'epochs'} if cfg.schedule == 'cosine' else set())
     return {k: (saved.get(k, default[k]), v) for k, v in now.items() if k not in free and saved.get(k, default[k]) != v}
 
+# %% ../nbs/09_train.ipynb #5d825096
 def _describe(diff:dict) -> str: return ', '.join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
 
 # %% ../nbs/09_train.ipynb #f7fcf9de
@@ -116,6 +121,7 @@ def build_optimizer(params, cfg:TrainConfig) -> torch.optim.Optimizer:
 class CheckpointError(ValueError):
     "A checkpoint that cannot be used (truncated, not a snipnb checkpoint, another configuration)."
 
+# %% ../nbs/09_train.ipynb #eaa0d4b2
 def save_checkpoint(path:str|Path, state:dict):
     "Write `state` atomically (temporary file, synced, then rename); partial files of killed writers are removed."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
@@ -128,6 +134,7 @@ def save_checkpoint(path:str|Path, state:dict):
         if err is e: raise
         raise err from e
 
+# %% ../nbs/09_train.ipynb #312af476
 def load_checkpoint(path:str|Path, map_location='cpu') -> dict:
     "Load a snipnb checkpoint safely (weights_only), with a clear error for truncated or foreign files."
     path = Path(path)
@@ -153,6 +160,7 @@ def init_distributed() -> tuple:
         return dist.get_rank(), world, local
     return 0, 1, 0
 
+# %% ../nbs/09_train.ipynb #d7fc65ea
 def is_main_process() -> bool: return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 # %% ../nbs/09_train.ipynb #bf12cfc4
@@ -165,8 +173,10 @@ def _set_rng_state(gen:torch.Generator, s:dict):
     torch.set_rng_state(s['torch']); gen.set_state(s['generator'])
     if 'cuda' in s and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s['cuda'])
 
+# %% ../nbs/09_train.ipynb #3175ed2c
 def _new_progress() -> dict: return {'sums': {}, 'steps': 0, 'clips': 0, 'seconds': 0.}   # running sums of the current epoch
 
+# %% ../nbs/09_train.ipynb #fcbb5989
 def check_writable(folder:str|Path, # created if missing
                    what:str='checkpoints and logs'):
     "Write (and remove) a probe file in `folder`: an unwritable or full output folder is found before any training."
@@ -180,6 +190,21 @@ def check_writable(folder:str|Path, # created if missing
     finally:
         with contextlib.suppress(OSError): probe.unlink(missing_ok=True)
 
+# %% ../nbs/09_train.ipynb #09dd4f36
+def _parallel(model:nn.Module, device:torch.device, world:int, # processes
+              compile:bool) -> nn.Module:
+    "`model` as the steps see it: wrapped in DDP when `world` > 1, then compiled when `compile`."
+    net = model
+    if world > 1:
+        ids = [device.index] if device.type == 'cuda' else None
+        # queues are kept identical by gathering keys, so buffers need no sync at every forward
+        sync = ({'forward_sync_buffers': False} if 'forward_sync_buffers' in inspect.signature(nn.parallel.DistributedDataParallel).parameters
+                else {'broadcast_buffers': False})
+        net = nn.parallel.DistributedDataParallel(model, device_ids=ids, **sync)
+    if compile: net = torch.compile(net)
+    return net
+
+# %% ../nbs/09_train.ipynb #232fa71a
 class Trainer:
     "Train `model` with `step` over `data`: schedules, bf16, compile, clipping, logs, atomic checkpoints, resume, DDP."
     def __init__(self, model:nn.Module, step:Callable, data:Callable, cfg:TrainConfig,
@@ -199,83 +224,27 @@ class Trainer:
         self.steps_per_epoch = steps_per_epoch or sum(1 for _ in data(0, 0, (self.rank, self.world)))
         if cfg.max_steps: self.steps_per_epoch = min(self.steps_per_epoch, cfg.max_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, self.steps_per_epoch, cfg))
-        self.net = self.model
-        if self.world > 1:
-            ids = [self.device.index] if self.device.type == 'cuda' else None
-            # queues are kept identical by gathering keys, so buffers need no sync at every forward
-            sync = ({'forward_sync_buffers': False} if 'forward_sync_buffers' in inspect.signature(nn.parallel.DistributedDataParallel).parameters
-                    else {'broadcast_buffers': False})
-            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids, **sync)
-        if cfg.compile: self.net = torch.compile(self.net)
+        self.net = _parallel(self.model, self.device, self.world, cfg.compile)
         self.generator = torch.Generator(device=self.device)
         self.epoch, self.step_in_epoch, self.history, self.epoch_progress = 0, 0, [], _new_progress()
 
-    @property
-    def checkpoint_path(self) -> Path: return self.out_dir/'last.pt'
+# %% ../nbs/09_train.ipynb #ed9eec31
+@patch(as_prop=True)
+def checkpoint_path(self:Trainer) -> Path: return self.out_dir/'last.pt'
 
-    def state(self) -> dict:
-        return {'model': self.model.state_dict(), 'optimizer': self.optimizer.state_dict(),
-                'scheduler': self.scheduler.state_dict(), 'rng': _rng_state(self.generator),
-                'epoch': self.epoch, 'step_in_epoch': self.step_in_epoch, 'history': self.history,
-                'epoch_progress': self.epoch_progress, 'steps_per_epoch': self.steps_per_epoch,
-                'train_config': self.cfg.to_dict(), 'model_config': self.model_config}
+# %% ../nbs/09_train.ipynb #c28c4872
+@patch
+def state(self:Trainer) -> dict:
+    return {'model': self.model.state_dict(), 'optimizer': self.optimizer.state_dict(),
+            'scheduler': self.scheduler.state_dict(), 'rng': _rng_state(self.generator),
+            'epoch': self.epoch, 'step_in_epoch': self.step_in_epoch, 'history': self.history,
+            'epoch_progress': self.epoch_progress, 'steps_per_epoch': self.steps_per_epoch,
+            'train_config': self.cfg.to_dict(), 'model_config': self.model_config}
 
-    def save(self, path:str|Path|None=None):
-        if is_main_process(): save_checkpoint(path or self.checkpoint_path, self.state())
-
-    def resume(self, path:str|Path|None=None, # default: `out_dir/last.pt`
-               override:bool=False, # train on with this run's settings where they differ from the checkpoint's
-              ) -> bool:
-        "Continue from `path`; False when there is none. Refuses another model, and other training settings unless `override`."
-        path = Path(path or self.checkpoint_path)
-        if not path.exists(): return False
-        s = load_checkpoint(path, map_location='cpu')     # RNG states must stay CPU tensors; load_state_dict moves weights
-        if s['model_config'] != self.model_config:
-            diff = {k: (s['model_config'].get(k), self.model_config.get(k)) for k in set(s['model_config']) | set(self.model_config)
-                    if s['model_config'].get(k) != self.model_config.get(k)}
-            raise CheckpointError(f"{path}: made for another model; differences (checkpoint, this run): {diff}")
-        diff = train_config_differences(s.get('train_config', {}), self.cfg)
-        if s.get('steps_per_epoch', self.steps_per_epoch) != self.steps_per_epoch:
-            diff['steps_per_epoch'] = (s['steps_per_epoch'], self.steps_per_epoch)
-        if diff and not override:
-            raise CheckpointError(f"{path}: made with other training settings; differences (checkpoint -> this run): "
-                                  f"{_describe(diff)}. Resume with the checkpoint's settings, or pass override=True "
-                                  f"to train on with this run's")
-        self.model.load_state_dict(s['model'])
-        if 'optimizer' not in diff: self.optimizer.load_state_dict(s['optimizer'])   # another optimiser starts afresh
-        self.scheduler.load_state_dict(s['scheduler'])
-        self.epoch, self.step_in_epoch, self.history = s['epoch'], s['step_in_epoch'], list(s['history'])
-        self.epoch_progress = dict(s.get('epoch_progress') or _new_progress()) if self.step_in_epoch else _new_progress()
-        if self.step_in_epoch and 'epoch_progress' not in s:
-            warnings.warn(f"{path}: an older checkpoint without the epoch's running sums; epoch {self.epoch + 1}'s "
-                          f"logged means cover only the steps after resuming")
-        if diff:
-            warnings.warn(f"{path}: training settings differ from the checkpoint's; training on with this run's "
-                          f"(override=True): {_describe(diff)}")
-            self._apply_settings()
-        _set_rng_state(self.generator, s['rng'])
-        self._rewrite_logs()
-        return True
-
-    def _apply_settings(self):
-        "After an overriding resume: optimiser hyperparameters, base lr and schedule position from this run's settings."
-        cfg, spe = self.cfg, self.steps_per_epoch
-        self.step_in_epoch = min(self.step_in_epoch, spe)
-        for g in self.optimizer.param_groups:
-            g.update(initial_lr=cfg.lr, weight_decay=cfg.weight_decay)
-            if cfg.optimizer == 'sgd': g.update(momentum=cfg.momentum, nesterov=cfg.nesterov)
-        self.scheduler.base_lrs = [cfg.lr] * len(self.optimizer.param_groups)
-        self.scheduler.last_epoch = self.epoch * spe + self.step_in_epoch
-        lr = cfg.lr * lr_factor(self.scheduler.last_epoch, spe, cfg)
-        for g in self.optimizer.param_groups: g['lr'] = lr
-        self.scheduler._last_lr = [lr] * len(self.optimizer.param_groups)
-
-    def _rewrite_logs(self):
-        "Make metrics.jsonl / metrics.csv hold exactly the history (rows logged after the checkpoint are dropped)."
-        if not is_main_process(): return
-        for f in ('metrics.jsonl', 'metrics.csv'): (self.out_dir/f).unlink(missing_ok=True)
-        rows, self.history = self.history, []
-        for row in rows: self.log(row)
+# %% ../nbs/09_train.ipynb #2fc0ace0
+@patch
+def save(self:Trainer, path:str|Path|None=None):
+    if is_main_process(): save_checkpoint(path or self.checkpoint_path, self.state())
 
 # %% ../nbs/09_train.ipynb #2dff141f
 def _write_metrics_csv(path:Path, rows:list, row:dict):
@@ -290,6 +259,20 @@ def _write_metrics_csv(path:Path, rows:list, row:dict):
         text = io.StringIO(); w = csv.DictWriter(text, columns); w.writeheader(); w.writerows(rows)
         write_atomic(path, text.getvalue())
 
+# %% ../nbs/09_train.ipynb #3c92ccc9
+@patch
+def _log_tensorboard(self:Trainer, row:dict):
+    "Write the numbers of `row` to TensorBoard (`out_dir/tensorboard`), when it is installed."
+    if getattr(self, '_tb', None) is None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self._tb = SummaryWriter(self.out_dir/'tensorboard')
+        except Exception: self._tb = False
+    if self._tb:
+        for k, v in row.items():
+            if isinstance(v, (int, float)) and k != 'epoch': self._tb.add_scalar(k, v, row['epoch'])
+
+# %% ../nbs/09_train.ipynb #b83efa33
 @patch
 def log(self:Trainer, row:dict):
     "Record one epoch: history, a line of metrics.jsonl, a row of metrics.csv (fixed columns), TensorBoard."
@@ -303,129 +286,164 @@ def log(self:Trainer, row:dict):
         err = no_space(e, self.out_dir, 'the training logs')
         if err is e: raise
         raise err from e
-    if getattr(self, '_tb', None) is None:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-            self._tb = SummaryWriter(self.out_dir/'tensorboard')
-        except Exception: self._tb = False
-    if self._tb:
-        for k, v in row.items():
-            if isinstance(v, (int, float)) and k != 'epoch': self._tb.add_scalar(k, v, row['epoch'])
+    self._log_tensorboard(row)
 
+# %% ../nbs/09_train.ipynb #435172ad
+@patch
+def _rewrite_logs(self:Trainer):
+    "Make metrics.jsonl / metrics.csv hold exactly the history (rows logged after the checkpoint are dropped)."
+    if not is_main_process(): return
+    for f in ('metrics.jsonl', 'metrics.csv'): (self.out_dir/f).unlink(missing_ok=True)
+    rows, self.history = self.history, []
+    for row in rows: self.log(row)
 
+# %% ../nbs/09_train.ipynb #49c14ba2
+def _check_same_model(path:Path, saved:dict, current:dict):
+    "Refuse checkpoint `path` when its model configuration `saved` is not this run's `current`."
+    if saved == current: return
+    diff = {k: (saved.get(k), current.get(k)) for k in set(saved) | set(current) if saved.get(k) != current.get(k)}
+    raise CheckpointError(f"{path}: made for another model; differences (checkpoint, this run): {diff}")
+
+# %% ../nbs/09_train.ipynb #532392cf
+@patch
+def _resume_differences(self:Trainer, s:dict, # a loaded checkpoint
+                        path:Path, override:bool) -> dict:
+    "{setting: (checkpoint's, this run's)} of the settings that change what is trained; refused unless `override`."
+    diff = train_config_differences(s.get('train_config', {}), self.cfg)
+    if s.get('steps_per_epoch', self.steps_per_epoch) != self.steps_per_epoch:
+        diff['steps_per_epoch'] = (s['steps_per_epoch'], self.steps_per_epoch)
+    if diff and not override:
+        raise CheckpointError(f"{path}: made with other training settings; differences (checkpoint -> this run): "
+                              f"{_describe(diff)}. Resume with the checkpoint's settings, or pass override=True "
+                              f"to train on with this run's")
+    return diff
+
+# %% ../nbs/09_train.ipynb #f6f8d090
+@patch
+def resume(self:Trainer, path:str|Path|None=None, # default: `out_dir/last.pt`
+           override:bool=False, # train on with this run's settings where they differ from the checkpoint's
+          ) -> bool:
+    "Continue from `path`; False when there is none. Refuses another model, and other training settings unless `override`."
+    path = Path(path or self.checkpoint_path)
+    if not path.exists(): return False
+    s = load_checkpoint(path, map_location='cpu')     # RNG states must stay CPU tensors; load_state_dict moves weights
+    _check_same_model(path, s['model_config'], self.model_config)
+    diff = self._resume_differences(s, path, override)
+    self.model.load_state_dict(s['model'])
+    if 'optimizer' not in diff: self.optimizer.load_state_dict(s['optimizer'])   # another optimiser starts afresh
+    self.scheduler.load_state_dict(s['scheduler'])
+    self.epoch, self.step_in_epoch, self.history = s['epoch'], s['step_in_epoch'], list(s['history'])
+    self.epoch_progress = dict(s.get('epoch_progress') or _new_progress()) if self.step_in_epoch else _new_progress()
+    if self.step_in_epoch and 'epoch_progress' not in s:
+        warnings.warn(f"{path}: an older checkpoint without the epoch's running sums; epoch {self.epoch + 1}'s "
+                      f"logged means cover only the steps after resuming")
+    if diff:
+        warnings.warn(f"{path}: training settings differ from the checkpoint's; training on with this run's "
+                      f"(override=True): {_describe(diff)}")
+        self._apply_settings()
+    _set_rng_state(self.generator, s['rng'])
+    self._rewrite_logs()
+    return True
+
+# %% ../nbs/09_train.ipynb #dca8069d
+@patch
+def _apply_settings(self:Trainer):
+    "After an overriding resume: optimiser hyperparameters, base lr and schedule position from this run's settings."
+    cfg, spe = self.cfg, self.steps_per_epoch
+    self.step_in_epoch = min(self.step_in_epoch, spe)
+    for g in self.optimizer.param_groups:
+        g.update(initial_lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if cfg.optimizer == 'sgd': g.update(momentum=cfg.momentum, nesterov=cfg.nesterov)
+    self.scheduler.base_lrs = [cfg.lr] * len(self.optimizer.param_groups)
+    self.scheduler.last_epoch = self.epoch * spe + self.step_in_epoch
+    lr = cfg.lr * lr_factor(self.scheduler.last_epoch, spe, cfg)
+    for g in self.optimizer.param_groups: g['lr'] = lr
+    self.scheduler._last_lr = [lr] * len(self.optimizer.param_groups)
+
+# %% ../nbs/09_train.ipynb #c2a9cba9
+@patch
+def _train_batch(self:Trainer, batch, epoch:int, amp:bool) -> dict:
+    "One step on `batch`; returns the step's outputs (`loss` and any other numbers to log)."
+    with torch.autocast('cuda', dtype=torch.bfloat16, enabled=amp):
+        out = self.step(self.net, batch, epoch, self.generator)
+    loss = out['loss']
+    if not torch.isfinite(loss): raise FloatingPointError(f"epoch {epoch + 1}, step {self.step_in_epoch}: loss is {loss.item()}")
+    self.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if self.cfg.grad_clip: nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+    self.optimizer.step(); self.scheduler.step()
+    self.step_in_epoch += 1
+    return out
+
+# %% ../nbs/09_train.ipynb #fba3d10d
+def _accumulate(run:dict, # an epoch's running sums (`_new_progress`)
+                out:dict, batch, batch_size:int):
+    "Add one step's outputs and clips to the epoch's running sums."
+    run['steps'] += 1
+    run['clips'] += len(batch['x']) if isinstance(batch, dict) and 'x' in batch else batch_size
+    for k, v in out.items(): run['sums'][k] = run['sums'].get(k, 0.) + float(v.detach() if torch.is_tensor(v) else v)
+
+# %% ../nbs/09_train.ipynb #72d43398
+@patch
+def _train_epoch(self:Trainer, epoch:int, amp:bool) -> tuple:
+    "Train the rest of `epoch` (from `step_in_epoch`); returns (its running sums, its seconds)."
+    cfg = self.cfg
+    if self.step_in_epoch == 0:
+        # each epoch (and each rank: different augmentations per process) re-seeds its augmentation stream
+        self.generator.manual_seed(cfg.seed * 100003 + epoch * 1009 + self.rank)
+        self.epoch_progress = _new_progress()
+    run = self.epoch_progress                         # restored by `resume` in the middle of an epoch
+    self.model.train()
+    t0, left = time.time() - run['seconds'], self.steps_per_epoch - self.step_in_epoch
+    batches = itertools.islice(self.data(epoch, self.step_in_epoch, (self.rank, self.world)), left)
+    bar = tqdm(batches, total=left, desc=f'epoch {epoch + 1}/{cfg.epochs}', disable=not (self.progress and is_main_process()), leave=False)
+    for batch in bar:
+        _accumulate(run, self._train_batch(batch, epoch, amp), batch, cfg.batch_size)
+        run['seconds'] = time.time() - t0
+        bar.set_postfix(loss=f"{run['sums']['loss'] / run['steps']:.4f}")
+        if cfg.checkpoint_every_steps and self.step_in_epoch % cfg.checkpoint_every_steps == 0: self.save()
+    return run, time.time() - t0
+
+# %% ../nbs/09_train.ipynb #f457584d
+@patch
+def _end_epoch(self:Trainer, run:dict, # the epoch's running sums
+               seconds:float):
+    "Close the current epoch: advance the counters, log its row, checkpoint when due."
+    cfg, n = self.cfg, max(run['steps'], 1)
+    self.epoch, self.step_in_epoch, self.epoch_progress = self.epoch + 1, 0, _new_progress()
+    row = {'epoch': self.epoch, **{k: v / n for k, v in run['sums'].items()},
+           'lr': self.optimizer.param_groups[0]['lr'], 'seconds': round(seconds, 3),
+           'clips_per_s': round(run['clips'] * self.world / max(seconds, 1e-9), 2)}
+    self.log(row)
+    if self.epoch % cfg.checkpoint_every == 0 or self.epoch == cfg.epochs: self.save()
+
+# %% ../nbs/09_train.ipynb #6d10a8d4
 @patch
 def fit(self:Trainer, resume:bool=False, # continue from the last checkpoint, if there is one
         override:bool=False, # with `resume`: train on with this run's settings where they differ from the checkpoint's
        ) -> list:
     "Train until `cfg.epochs`. Returns the per-epoch history."
-    cfg = self.cfg
     if is_main_process(): check_writable(self.out_dir)
     if not (resume and self.resume(override=override)): self._rewrite_logs()   # a fresh run: no rows of an earlier one
-    amp = cfg.amp and self.device.type == 'cuda'
-    while self.epoch < cfg.epochs:
-        epoch = self.epoch
-        if self.step_in_epoch == 0:
-            # each epoch (and each rank: different augmentations per process) re-seeds its augmentation stream
-            self.generator.manual_seed(cfg.seed * 100003 + epoch * 1009 + self.rank)
-            self.epoch_progress = _new_progress()
-        run = self.epoch_progress                         # restored by `resume` in the middle of an epoch
-        self.model.train()
-        t0 = time.time() - run['seconds']
-        batches = itertools.islice(self.data(epoch, self.step_in_epoch, (self.rank, self.world)),
-                                   self.steps_per_epoch - self.step_in_epoch)
-        bar = tqdm(batches, total=self.steps_per_epoch - self.step_in_epoch, desc=f'epoch {epoch + 1}/{cfg.epochs}',
-                   disable=not (self.progress and is_main_process()), leave=False)
-        for batch in bar:
-            with torch.autocast('cuda', dtype=torch.bfloat16, enabled=amp):
-                out = self.step(self.net, batch, epoch, self.generator)
-            loss = out['loss']
-            if not torch.isfinite(loss): raise FloatingPointError(f"epoch {epoch + 1}, step {self.step_in_epoch}: loss is {loss.item()}")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip: nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-            self.optimizer.step(); self.scheduler.step()
-            self.step_in_epoch += 1; run['steps'] += 1
-            run['clips'] += len(batch['x']) if isinstance(batch, dict) and 'x' in batch else cfg.batch_size
-            for k, v in out.items(): run['sums'][k] = run['sums'].get(k, 0.) + float(v.detach() if torch.is_tensor(v) else v)
-            run['seconds'] = time.time() - t0
-            bar.set_postfix(loss=f"{run['sums']['loss'] / run['steps']:.4f}")
-            if cfg.checkpoint_every_steps and self.step_in_epoch % cfg.checkpoint_every_steps == 0: self.save()
-        seconds, n = time.time() - t0, max(run['steps'], 1)
-        self.epoch, self.step_in_epoch, self.epoch_progress = epoch + 1, 0, _new_progress()
-        row = {'epoch': self.epoch, **{k: v / n for k, v in run['sums'].items()},
-               'lr': self.optimizer.param_groups[0]['lr'], 'seconds': round(seconds, 3),
-               'clips_per_s': round(run['clips'] * self.world / max(seconds, 1e-9), 2)}
-        self.log(row)
-        if self.epoch % cfg.checkpoint_every == 0 or self.epoch == cfg.epochs: self.save()
+    amp = self.cfg.amp and self.device.type == 'cuda'
+    while self.epoch < self.cfg.epochs: self._end_epoch(*self._train_epoch(self.epoch, amp))
     return self.history
 
 # %% ../nbs/09_train.ipynb #a9bde128
-from .datasets import load_corpus, Corpus, recording_windows
-from .contrastive import build_pretext, preset_config
-from .backbones import backbone_from_state, backbone_state
+from .datasets import Corpus
+from .backbones import SkeletonBackbone, backbone_from_state
 
 def pretrain_step(model, batch:dict, epoch:int, g:torch.Generator) -> dict:
     "One pretext step: the model builds its views from the raw clips and returns its losses."
     return model(batch['x'], g, epoch)
 
+# %% ../nbs/09_train.ipynb #18e6e49b
 def pretrain_splits(corpus:Corpus) -> Corpus:
     "The recordings a pretext may learn from: all but validation and test."
     keep = [s for s in corpus.split_names if s not in ('val', 'test')]
     return corpus.split('+'.join(keep)) if keep else corpus
 
-def run_name(dataset:str, method:str, snippet:bool, preset:str='light') -> str:
-    "The run's folder name: <dataset>-<method>[-snippet|-nosnippet][-<preset>]."
-    tag = ('-snippet' if snippet and method != 'snipclr' else '') + ('-nosnippet' if method == 'snipclr' and not snippet else '')
-    return f"{dataset}-{method}{tag}" + ('' if preset == 'light' else f'-{preset}')
-
-def pretrain(dataset:str='synthetic', # dataset name(s) for `load_corpus` ('babel', 'ntu60+babel', ...)
-             method:str='snipclr', # 'skeletonclr', 'aimclr', 'rvtclr', 'crossclr' or 'snipclr'
-             backbone:str|None=None, # None: the preset's
-             snippet:bool|None=None, # add the snippet term; None: the preset's (True for 'snipclr')
-             snippet_weight:float|None=None, # weight of the snippet term in the loss; None: the preset's (1.5)
-             t_grid:int|None=None, # snippets per clip; None: the preset's (one per backbone output step)
-             preset:str='light', # 'light', 'official' or 'snipnb' (`snipnb.contrastive.PRESETS`): model and recipe
-             out_dir:str|Path|None=None, # default: <output_dir>/pretrain/<run name>
-             resume:bool=False, # continue from out_dir/last.pt (refused when the settings differ, unless `override`)
-             override:bool=False, # with `resume`: train on with this call's settings where they differ from the checkpoint's
-             corpus_options:dict|None=None, # e.g. {'size': 'quick'} for the synthetic data
-             pretext_options:dict|None=None, # queue_size, mining_epoch, topk, query_augment, ... (see `Pretext`)
-             backbone_options:dict|None=None, # strides, data_bn, ... (see `SkeletonBackbone`)
-             progress:bool=True, # progress bars (tqdm)
-             **train_options, # any `TrainConfig` field (epochs, batch_size, clip_len, lr, seed, ...): overrides the preset's
-            ) -> Trainer:
-    "Self-supervised pretraining of a backbone with a pretext; returns the trainer (its history, model, checkpoint)."
-    recipe = preset_config(method, preset)['train']
-    cfg = TrainConfig(**{'warmup_epochs': 0, **recipe, **train_options})
-    rank, world, _ = init_distributed()
-    if world > 1 and rank != 0: dist.barrier()                   # rank 0 converts the corpus once, the others wait
-    corpus = pretrain_splits(load_corpus(dataset, progress=progress and rank == 0, **(corpus_options or {})))
-    if world > 1 and rank == 0: dist.barrier()
-    x0 = corpus.clips([0], [0], cfg.clip_len)[0]
-    torch.manual_seed(cfg.seed)
-    options = {**(backbone_options or {}), **(pretext_options or {})}
-    options.update({k: v for k, v in dict(snippet_weight=snippet_weight, t_grid=t_grid).items() if v is not None})
-    model = build_pretext(method, backbone, snippet=snippet, preset=preset, in_channels=x0.shape[1],
-                          num_persons=x0.shape[-1], **options)
-    name = run_name(dataset, method, model.snippet, preset)
-    if cfg.sampling not in ('windows', 'recordings'):
-        raise ValueError(f"sampling must be 'windows' or 'recordings', not {cfg.sampling!r}")
-    out_dir = Path(out_dir) if out_dir else Path(get_setting('output_dir'))/'pretrain'/name
-    device = get_device(cfg.device)
-    def data(epoch, skip, shard):
-        seed = cfg.seed * 7919 + epoch
-        windows = recording_windows(corpus, cfg.clip_len, seed) if cfg.sampling == 'recordings' else None
-        return corpus.batches(cfg.clip_len, cfg.batch_size, cfg.stride, shuffle=True, seed=seed, drop_last=True,
-                              device=device, shard=shard, skip=skip, windows=windows)
-    clips = len(corpus) if cfg.sampling == 'recordings' else len(corpus.windows(cfg.clip_len, cfg.stride))
-    steps = clips // world // cfg.batch_size      # drop_last
-    if steps == 0:
-        raise ValueError(f"{dataset}: fewer clips than one batch of {cfg.batch_size}; lower batch_size or clip_len")
-    trainer = Trainer(model, pretrain_step, data, cfg, out_dir, model_config={**model.config, 'method': method, 'preset': preset, 'dataset': dataset},
-                      steps_per_epoch=steps, progress=progress)
-    trainer.fit(resume=resume, override=override)
-    return trainer
-
+# %% ../nbs/09_train.ipynb #5cc0eff5
 def pretrained_backbone(path:str|Path) -> 'SkeletonBackbone':
     "The query backbone of a pretraining checkpoint, with its configuration."
     s = load_checkpoint(path)

@@ -8,12 +8,13 @@ Docs: https://snipnb.github.io/snipnb/ufusion.html.md"""
 from __future__ import annotations
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
-from .backbones import SkeletonBackbone, build_backbone, count_parameters
+from fastcore.basics import patch
+from .backbones import SkeletonBackbone, build_backbone
 
 # %% auto #0
-__all__ = ['FRAME_HEADS', 'OFFICIAL_LOCALIZER_PARAMS', 'OFFICIAL_BASELINE_PARAMS', 'OFFICIAL_UNUSED_DATA_BN', 'upsample_to',
-           'conv_unit', 'UFusion', 'UFusionHead', 'LinearFrameHead', 'Localizer', 'default_taps', 'build_localizer',
-           'official_localizer']
+__all__ = ['OFFICIAL_UFUSION_PARAMS', 'FRAME_HEADS', 'OFFICIAL_LOCALIZER_PARAMS', 'OFFICIAL_BASELINE_PARAMS',
+           'OFFICIAL_UNUSED_DATA_BN', 'upsample_to', 'conv_unit', 'UFusion', 'UFusionHead', 'LinearFrameHead',
+           'Localizer', 'default_taps', 'build_localizer', 'official_localizer']
 
 # %% ../nbs/06_ufusion.ipynb #568f75bd
 def upsample_to(x:Tensor, # (N, C, T_in)
@@ -21,6 +22,7 @@ def upsample_to(x:Tensor, # (N, C, T_in)
     "Nearest-neighbour upsampling to an explicit length."
     return x if x.shape[-1] == length else F.interpolate(x, size=length, mode='nearest')
 
+# %% ../nbs/06_ufusion.ipynb #56e66707
 def conv_unit(in_channels:int, out_channels:int) -> nn.Sequential:
     "BSN++'s decoder unit: Conv1d(k=3, p=1) + BatchNorm + ReLU."
     return nn.Sequential(nn.Conv1d(in_channels, out_channels, 3, padding=1), nn.BatchNorm1d(out_channels), nn.ReLU(inplace=True))
@@ -41,15 +43,20 @@ class UFusion(nn.Module):
         self.out = nn.Conv1d(sum(width[0, j] for j in range(L)), out_channels, 1)
         self.out_channels = out_channels
 
-    def forward(self, taps:list) -> Tensor: # taps: [(N, C_i, T_i)], finest first -> (N, out_channels, T_0)
-        L = len(self.channels)
-        if len(taps) != L: raise ValueError(f"UFusion built for {L} taps, got {len(taps)}")
-        x = {(i, 0): t for i, t in enumerate(taps)}
-        for j in range(1, L):
-            for i in range(L - j):
-                parts = [x[i, k] for k in range(j)] + [upsample_to(x[i + 1, j - 1], x[i, 0].shape[-1])]
-                x[i, j] = self.nodes[f'{i}_{j}'](torch.cat(parts, 1))
-        return self.out(torch.cat([x[0, j] for j in range(L)], 1))
+# %% ../nbs/06_ufusion.ipynb #6ec9a178
+OFFICIAL_UFUSION_PARAMS = 2_244_672   # SnipCLR NestedUNet over taps of width 64, 128, 256, output 512
+
+# %% ../nbs/06_ufusion.ipynb #61f33eba
+@patch
+def forward(self:UFusion, taps:list) -> Tensor: # taps: [(N, C_i, T_i)], finest first -> (N, out_channels, T_0)
+    L = len(self.channels)
+    if len(taps) != L: raise ValueError(f"UFusion built for {L} taps, got {len(taps)}")
+    x = {(i, 0): t for i, t in enumerate(taps)}
+    for j in range(1, L):
+        for i in range(L - j):
+            parts = [x[i, k] for k in range(j)] + [upsample_to(x[i + 1, j - 1], x[i, 0].shape[-1])]
+            x[i, j] = self.nodes[f'{i}_{j}'](torch.cat(parts, 1))
+    return self.out(torch.cat([x[0, j] for j in range(L)], 1))
 
 # %% ../nbs/06_ufusion.ipynb #d0542a9c
 class UFusionHead(nn.Module):
@@ -64,6 +71,7 @@ class UFusionHead(nn.Module):
     def forward(self, taps:list) -> Tensor: # -> (N, T_0, K+1)
         return self.classifier(self.fusion(taps).transpose(1, 2))
 
+# %% ../nbs/06_ufusion.ipynb #25ca5643
 class LinearFrameHead(nn.Module):
     "No-fusion baseline: per-frame linear classifier on the last tap."
     def __init__(self, channels, num_classes:int, hidden:int|None=None): # `hidden` is unused (same signature)
@@ -93,6 +101,7 @@ class Localizer(nn.Module):
             logits = F.interpolate(logits.transpose(1, 2), size=T, mode='linear', align_corners=False).transpose(1, 2)
         return logits
 
+# %% ../nbs/06_ufusion.ipynb #0fc870e9
 def default_taps(backbone:SkeletonBackbone, ufusion:bool=True) -> tuple:
     "The official taps: blocks 1, 7 and 10 for U-fusion, the last block for the baseline."
     n = backbone.num_blocks
@@ -100,6 +109,7 @@ def default_taps(backbone:SkeletonBackbone, ufusion:bool=True) -> tuple:
     if n != 10: raise ValueError(f"no default taps for a {n}-block backbone: pass taps=(...)")
     return (1, 7, 10)
 
+# %% ../nbs/06_ufusion.ipynb #9de380d0
 def build_localizer(backbone:SkeletonBackbone|str, # a backbone, or a name for `build_backbone`
                     ufusion:bool=True, # U-fusion head; False: the no-fusion linear baseline
                     num_classes:int=4, # K action classes (logits have K + 1 with background)
@@ -122,6 +132,7 @@ OFFICIAL_LOCALIZER_PARAMS = 5_705_415   # SnipCLR model/agcn_Unet.py with num_cl
 OFFICIAL_BASELINE_PARAMS = 3_459_463    # SnipCLR model/agcn.py (no fusion), same configuration
 OFFICIAL_UNUSED_DATA_BN = 2 * (1 * 2 * 25)   # BatchNorm1d(num_person * in_channels(=2) * num_point): built, never called
 
+# %% ../nbs/06_ufusion.ipynb #f0a7faad
 def official_localizer(num_classes:int=4, # K action classes (the official BABEL subsets: 4)
                        ufusion:bool=True, # False: the official no-fusion baseline (model/agcn.py)
                        **options) -> Localizer: # more `build_localizer` / `build_backbone` options

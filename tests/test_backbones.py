@@ -4,29 +4,25 @@ import pytest
 import torch, torch.nn as nn
 from snipnb.backbones import (BACKBONES, REFERENCE_PARAMS, UNIK_UNUSED_BIAS, build_backbone, count_parameters,
                               backbone_state, load_backbone_state, backbone_from_state, conv_length)
-from snipnb.ufusion import UFusion, build_localizer
+from snipnb.ufusion import UFusion, build_localizer, OFFICIAL_UFUSION_PARAMS
 from snipnb.contrastive import MLPHead, SnippetHead
 
-# Backbone only (no fc), NTU-25, 3D, M=2, counted on transcriptions of the reference files:
-# stgcn/stgcn16: Levigty/AimCLR net/st_gcn.py (= cqs0925/SnipCLR RVTCLR/net/st_gcn_dense.py Model),
-# hidden_channels 64 / 16, hidden_dim 256; agcn: lshiwjx/2s-AGCN model/agcn.py;
-# unik: YangDi666/UNIK model/backbone_unik.py (tau=1, 3 heads), minus its 250 never-used S_LSU.bias parameters.
-PINNED = {
-    ('stgcn', (5, 8)): 3_083_412, ('stgcn', (2, 5, 8)): 3_087_700,
-    ('stgcn16', (5, 8)): 821_380, ('stgcn16', (2, 5, 8)): 821_684,
-    ('agcn', (5, 8)): 3_454_090, ('agcn', (2, 5, 8)): 3_458_378,
-    ('unik', (5, 8)): 3_454_090, ('unik', (2, 5, 8)): 3_458_378,
-}
-
-@pytest.mark.parametrize('name,strides', list(PINNED))
+# REFERENCE_PARAMS (snipnb.backbones) holds the counts of the reference implementations, with their sources in
+# 05_backbones (backbone only, NTU-25, 3D, M=2). UNIK's reference allocates 250 S_LSU.bias parameters its forward
+# never reads; snipnb leaves them out.
+@pytest.mark.parametrize('name,strides', list(REFERENCE_PARAMS))
 def test_parameter_counts_are_pinned(name, strides):
-    assert count_parameters(build_backbone(name, strides=strides)) == PINNED[name, strides]
     ref = REFERENCE_PARAMS[name, strides] - (UNIK_UNUSED_BIAS if name == 'unik' else 0)
-    assert PINNED[name, strides] == ref
+    assert count_parameters(build_backbone(name, strides=strides)) == ref
+
+def test_reference_counts_agree_with_each_other():
+    for name, width in (('stgcn', 64), ('stgcn16', 16), ('agcn', 64), ('unik', 64)):   # block 2's shortcut conv 1x1 + BN
+        assert REFERENCE_PARAMS[name, (2, 5, 8)] - REFERENCE_PARAMS[name, (5, 8)] == width * width + width + 2 * width
+    assert REFERENCE_PARAMS['unik', (5, 8)] - UNIK_UNUSED_BIAS == REFERENCE_PARAMS['agcn', (5, 8)]   # W has B's shape
 
 def test_other_pinned_sizes():
-    assert count_parameters(build_backbone('unik', num_heads=4)) == 3_787_613 - 250   # UNIK's NTU config
-    assert count_parameters(UFusion((64, 128, 256))) == 2_244_672                    # SnipCLR NestedUNet
+    assert count_parameters(build_backbone('unik', num_heads=4)) == 3_787_613 - UNIK_UNUSED_BIAS   # UNIK's NTU config
+    assert count_parameters(UFusion((64, 128, 256))) == OFFICIAL_UFUSION_PARAMS                   # SnipCLR NestedUNet
 
 @pytest.mark.parametrize('name', list(BACKBONES))
 def test_default_shapes(name):
@@ -196,5 +192,5 @@ def test_benchmark_notebook_runs_under_papermill(repo, tmp_path):
              '-p', 'dtypes', 'fp32', '-p', 'modes', 'eager', '-p', 'warmup', '1', '-p', 'iters', '1',
              '-p', 'out_dir', str(tmp_path/'out'), cwd=tmp_path)
     rows = json.loads((tmp_path/'out'/'benchmark.json').read_text())['rows']
-    assert [(r['backbone'], r['dtype'], r['mode'], r['params']) for r in rows] == [('stgcn16', 'fp32', 'eager', 821_380)]
+    assert [(r['backbone'], r['dtype'], r['mode'], r['params']) for r in rows] == [('stgcn16', 'fp32', 'eager', REFERENCE_PARAMS['stgcn16', (5, 8)])]
     assert (tmp_path/'out'/'benchmark.csv').read_text().startswith('backbone,')

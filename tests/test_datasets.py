@@ -1,12 +1,11 @@
 """Corpus caches: atomic conversion, views, windows and batches."""
-import os, signal, subprocess, sys, textwrap, time
+import os, signal, subprocess, sys, textwrap
 from pathlib import Path
 import numpy as np
 import pytest
-import torch
 from hypothesis import given, settings, strategies as st
 from snipnb.skeleton import Sequence, labels_to_segments
-from snipnb.datasets import Corpus, build_cache, window_starts, ClipDataset
+from snipnb.datasets import Corpus, build_cache, window_starts
 
 CLASSES = ('background', 'a', 'b', 'c')
 
@@ -108,15 +107,9 @@ def test_batches_match_recordings(corpus, pad):
             seen += 1
     assert seen == len(corpus.windows(32, 16))
 
-def test_clip_dataset(corpus):
-    ds = ClipDataset(corpus, 24)
-    x, y, m = ds[0]
-    assert x.shape == (3, 24, 25, 1) and y.shape == (24,) and m.dtype == torch.bool
-
-
 # ---- datasets by name ---------------------------------------------------------------------------
-import json, shutil, warnings
-from snipnb.datasets import load_corpus, DatasetNotFound, DATASET_NAMES
+import json, shutil
+from snipnb.datasets import load_corpus, DatasetNotFound
 
 def test_synthetic_by_name_is_cached(tmp_path):
     c = load_corpus('synthetic', size='quick', cache_dir=tmp_path, progress=False)
@@ -192,3 +185,18 @@ def test_babel_by_name(shared_data, tmp_path):
         load_corpus('babel2', root=root, amass_root=amass, cache_dir=tmp_path/'cache', progress=False)
     with pytest.raises(DatasetNotFound, match='no AMASS motion'):
         load_corpus('babel', root=root, amass_root=tmp_path/'elsewhere', cache_dir=tmp_path/'cache', progress=False)
+
+def test_synthetic_class_subset(tmp_path):
+    "The BABEL subset rule on the synthetic benchmark: a subset's classes become 1..k in its order, every other class background."
+    from snipnb.synthetic import SYNTHETIC_CLASSES, SYNTHETIC_SUBSETS
+    full = load_corpus('synthetic', size='quick', cache_dir=tmp_path, progress=False)
+    classes = SYNTHETIC_SUBSETS[2]
+    sub = full.subset(classes, keep_all=True)
+    assert sub.class_names == ('background', *classes) and sub.names == full.names
+    lut = np.array([classes.index(c) + 1 if c in classes else 0 for c in SYNTHETIC_CLASSES])
+    for i in range(len(full)):
+        np.testing.assert_array_equal(sub[i].labels, lut[full[i].labels])
+        assert sub[i].segments == labels_to_segments(sub[i].labels)
+    held = full.subset(classes)                                     # by default: only recordings holding a subset class
+    assert held.names == [n for n, s in zip(sub.names, (sub[i] for i in range(len(sub)))) if s.labels.any()]
+    with pytest.raises(KeyError, match='fly'): full.subset(['walk', 'fly'])

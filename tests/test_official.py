@@ -3,26 +3,34 @@ CrosSCLR terms against slow reference computations written from the official cod
 import math
 import pytest
 import torch, torch.nn.functional as F
-from snipnb.backbones import count_parameters
+from snipnb.backbones import count_parameters, REFERENCE_PARAMS
 from snipnb.contrastive import (build_pretext, preset_config, CrosSCLR, PRETEXTS, METHODS, PRESETS, OFFICIAL_COUNTS,
                                 OFFICIAL_UNUSED, moco_logits)
 
-# encoder_q parameters of the official code, counted by instantiating the official classes
-# (cqs0925/SnipCLR @ 6d35865 RVTCLR/net/st_gcn_dense.py Model2 + net/skeletonclr_dense.py; Zhuysheng/RVTCLR @ 68dd7f4
-# net/st_gcn.py + net/skeletonclr.py; Levigty/AimCLR @ 6cd7376 net/st_gcn.py + net/aimclr.py; LinguoLi/CrosSCLR @ 792b70c)
-@pytest.mark.parametrize('method, official, unused', [('snipclr', 3_919_256, 250), ('rvtclr', 1_183_620, 0),
-                                                      ('aimclr', 920_068, 0), ('crossclr', 920_068, 0)])
-def test_official_encoder_counts(method, official, unused):
+# OFFICIAL_COUNTS (snipnb.contrastive): encoder_q parameters of the official code, counted by instantiating the official
+# classes (sources in 08_contrastive). Here they are rebuilt from their parts, each part counted on snipnb's modules.
+LINEAR = 256 * 128 + 128                              # RVTCLR/SnipCLR fc1 (and fc2): one Linear(256, 128)
+MLP = 256 * 256 + 256 + 256 * 128 + 128               # MLP head (AimCLR, CrosSCLR), the DC branch's fc, SnipCLR's mlp2
+DC = 2 * 256 * 128 + (3 * LINEAR + 128 * 256 + 256 + 2 * 256) + MLP   # IntraPart + InterPart + fc
+SNIPCLR_BACKBONE = REFERENCE_PARAMS['agcn', (2, 5, 8)] - 2 * 150      # 2s-AGCN without its data BN over M*V*C = 150
+
+@pytest.mark.parametrize('method', list(OFFICIAL_COUNTS))
+def test_official_encoder_counts(method):
     pt = build_pretext(method, preset='official', queue_size=8)
-    assert count_parameters(pt.encoder_q) == official - unused
-    assert OFFICIAL_COUNTS[method] == official and OFFICIAL_UNUSED.get(method, 0) == unused
+    assert count_parameters(pt.encoder_q) == OFFICIAL_COUNTS[method] - OFFICIAL_UNUSED.get(method, 0)
+
+def test_official_counts_are_the_sum_of_their_parts():
+    quarter = REFERENCE_PARAMS['stgcn16', (5, 8)]
+    assert OFFICIAL_COUNTS['aimclr'] == OFFICIAL_COUNTS['crossclr'] == quarter + MLP
+    assert OFFICIAL_COUNTS['rvtclr'] == quarter + 2 * LINEAR + DC
+    assert OFFICIAL_COUNTS['snipclr'] == SNIPCLR_BACKBONE + 2 * LINEAR + DC + MLP + OFFICIAL_UNUSED['snipclr']
 
 def test_official_snipclr_parts():
     enc = build_pretext('snipclr', preset='official', queue_size=8).encoder_q
-    assert count_parameters(enc.backbone) == 3_458_078
-    assert count_parameters(enc.heads) == 65_792        # fc1 + fc2, single Linear(256, 128) layers
-    assert count_parameters(enc.dc) == 296_448          # IntraPart 65,536 + InterPart 132,224 + MLP fc 98,688
-    assert count_parameters(enc.snippet) == 98_688      # mlp2
+    assert count_parameters(enc.backbone) == SNIPCLR_BACKBONE
+    assert count_parameters(enc.heads) == 2 * LINEAR
+    assert count_parameters(enc.dc) == DC
+    assert count_parameters(enc.snippet) == MLP
     assert enc.backbone.config['strides'] == [2, 5, 8] and enc.backbone.config['data_bn'] is None
     assert float(enc.backbone.A[2].max()) == 1.0 and float(enc.backbone.A[2].sum(0).max()) > 1   # raw 0/1 graph
 

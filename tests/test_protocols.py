@@ -6,10 +6,11 @@ import pytest
 import torch
 from conftest import run_tool
 from snipnb.protocols import (predict_probs, localize, decode_paper, decode_argmax, nms, runs, build_protocol_model,
-                              fit_localizer, evaluate, metric_table, FrozenBackbone, KNNLocalizer)
+                              FrozenBackbone, KNNLocalizer)
+from snipnb.experiments import fit_localizer, evaluate, metric_table
 from snipnb.ufusion import build_localizer
 from snipnb.datasets import window_starts
-from snipnb.train import pretrain
+from snipnb.experiments import pretrain
 
 @pytest.fixture(scope='module')
 def sharp_model():
@@ -115,7 +116,7 @@ def test_pretrain_then_localize_through_papermill(repo, tmp_path):
 
 
 # --- the official protocol: whole sequences, model selection, the official network --------------------------------
-from snipnb import protocols as P
+from snipnb import protocols as P, experiments as E
 from snipnb.protocols import sequence_batches, frame_loss, validation_split, load_localizer
 from snipnb.backbones import count_parameters
 
@@ -154,10 +155,10 @@ def test_whole_sequence_padding_is_masked(cache):
 
 def _spy(monkeypatch):
     seen = []
-    real = P.predict_probs
+    real = E.predict_probs
     def spy(model, joints, *a, **k):
         seen.append(joints.name); return real(model, joints, *a, **k)
-    monkeypatch.setattr(P, 'predict_probs', spy)
+    monkeypatch.setattr(E, 'predict_probs', spy)
     return seen
 
 def test_best_val_never_looks_at_test_videos(cache, tmp_path, monkeypatch):
@@ -206,13 +207,14 @@ def test_selection_survives_resume(cache, tmp_path):
         fit_localizer('synthetic', select='official', epochs=3, out_dir=tmp_path/'r', resume=True, **QUICK)
 
 def test_official_localizer_parameter_count():
-    "SnipCLR model/agcn_Unet.py (num_class 4, num_person 1): 5,705,415 parameters, 100 in an unused data_bn BatchNorm1d(50)."
+    "SnipCLR model/agcn_Unet.py (num_class 4, num_person 1): `OFFICIAL_LOCALIZER_PARAMS`, of which an unused data_bn BatchNorm1d(50)."
     from snipnb.ufusion import official_localizer, OFFICIAL_LOCALIZER_PARAMS, OFFICIAL_BASELINE_PARAMS, OFFICIAL_UNUSED_DATA_BN
-    assert (OFFICIAL_LOCALIZER_PARAMS, OFFICIAL_UNUSED_DATA_BN) == (5_705_415, 100)
+    assert OFFICIAL_UNUSED_DATA_BN == 2 * 50                                   # weight and bias of BatchNorm1d(50)
+    ours = OFFICIAL_LOCALIZER_PARAMS - OFFICIAL_UNUSED_DATA_BN
     loc = official_localizer(num_classes=4)
-    assert count_parameters(loc) == 5_705_315 == OFFICIAL_LOCALIZER_PARAMS - OFFICIAL_UNUSED_DATA_BN
-    assert count_parameters(build_localizer('agcn', strides=(2, 5, 8), data_bn=None, num_persons=1, num_classes=4)) == 5_705_315
-    assert count_parameters(official_localizer(ufusion=False)) == OFFICIAL_BASELINE_PARAMS - 100 == 3_459_363
+    assert count_parameters(loc) == ours
+    assert count_parameters(build_localizer('agcn', strides=(2, 5, 8), data_bn=None, num_persons=1, num_classes=4)) == ours
+    assert count_parameters(official_localizer(ufusion=False)) == OFFICIAL_BASELINE_PARAMS - OFFICIAL_UNUSED_DATA_BN
     assert loc.backbone.data_bn is None and loc.taps == (1, 7, 10) and loc.backbone.strides == (2, 5, 8)
     assert loc(torch.randn(1, 3, 45, 25, 1)).shape == (1, 45, 5)
 
@@ -242,7 +244,7 @@ def test_decoders_refuse_nan_frames():
 ])
 def test_fit_localizer_refuses_bad_options_before_loading(monkeypatch, tmp_path, option, why):
     def no_corpus(*a, **k): raise AssertionError('the corpus was loaded before the options were checked')
-    monkeypatch.setattr(P, 'load_corpus', no_corpus)
+    monkeypatch.setattr(E, 'load_corpus', no_corpus)
     kw = {'protocol': 'scratch', 'device': 'cpu', 'progress': False, 'out_dir': tmp_path/'run', **option}
     with pytest.raises(ValueError, match=why): fit_localizer('synthetic', **kw)
     assert not (tmp_path/'run').exists()

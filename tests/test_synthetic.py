@@ -1,11 +1,11 @@
-"""snipnb.synthetic: determinism, rigid bodies, labels, splits, subsets, difficulty knobs."""
+"""snipnb.synthetic: determinism, rigid bodies, labels, splits, difficulty knobs (class subsets: `Corpus.subset`, tests/test_datasets.py)."""
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
-from snipnb.skeleton import NTU25, labels_to_segments, segments_to_labels
-from snipnb.synthetic import (SYNTHETIC_CLASSES, SYNTHETIC_ACTIONS, SYNTHETIC_SUBSETS, SYNTHETIC_SIZES, SyntheticConfig,
-                              make_synthetic, synthetic_recording, plan_recording, make_body, bone_lengths,
-                              subset_labels, subset_sequence, anchor_classes, MIN_DEPTH)
+from snipnb.skeleton import labels_to_segments, segments_to_labels
+from snipnb.synthetic import (SYNTHETIC_CLASSES, SYNTHETIC_ACTIONS, SYNTHETIC_SIZES, SyntheticConfig,
+                              make_synthetic, synthetic_recording, plan_recording, bone_lengths,
+                              anchor_classes, MIN_DEPTH, MIN_SEGMENT_FRAMES)
 
 @pytest.fixture(scope='module')
 def quick(): return make_synthetic('quick', progress=False)
@@ -97,26 +97,10 @@ def test_plan_invariants(seed, anchors, background):
     plan = plan_recording(np.random.default_rng(seed), cfg, tuple(anchors))
     kinds = [k for k, *_ in plan]
     actions = [k for k in kinds if k in SYNTHETIC_ACTIONS]
-    assert 300 <= plan[-1][2] <= 1000 and 3 <= len(actions) <= 8
+    assert cfg.frames[0] <= plan[-1][2] <= cfg.frames[1] and cfg.actions[0] <= len(actions) <= cfg.actions[1]
     assert set(anchors) <= set(actions)
-    assert all(e - s >= 15 for _, s, e in plan)
+    assert all(e - s >= MIN_SEGMENT_FRAMES for _, s, e in plan)
     assert all(a != b for a, b in zip(kinds, kinds[1:]))          # neighbours never merge into one segment
-
-@settings(deadline=None, max_examples=100)
-@given(labels=st.lists(st.integers(0, len(SYNTHETIC_CLASSES) - 1), min_size=1, max_size=200), subset=st.sampled_from([1, 2, 3]))
-def test_subset_labels(labels, subset):
-    classes = SYNTHETIC_SUBSETS[subset]
-    out = subset_labels(np.array(labels), classes)
-    for l, o in zip(labels, out):
-        name = SYNTHETIC_CLASSES[l]
-        assert o == (classes.index(name) + 1 if name in classes else 0)
-
-def test_subset_sequence(quick):
-    seq = quick['train'][0]
-    sub = subset_sequence(seq, 2)
-    assert sub.class_names == ('background', *SYNTHETIC_SUBSETS[2]) and sub.joints is seq.joints
-    assert labels_to_segments(sub.labels) == sub.segments and sub.labels.max() <= 4
-    with pytest.raises(ValueError, match='fly'): subset_labels(seq.labels, ('walk', 'fly'))
 
 def test_difficulty_knobs():
     easy, medium, hard = (SyntheticConfig.from_difficulty(d) for d in ('easy', 'medium', 'hard'))

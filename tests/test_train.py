@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import run_tool
-from snipnb.train import load_checkpoint, CheckpointError, pretrain, pretrained_backbone, save_checkpoint
+from snipnb.train import load_checkpoint, CheckpointError, pretrained_backbone, save_checkpoint
+from snipnb.experiments import pretrain
 from snipnb.backbones import build_backbone, load_backbone_state, backbone_state
 
 TINY = ['--size', 'quick', '--method', 'snipclr', '--backbone', 'stgcn16', '--batch-size', '4', '--clip-len', '32',
@@ -116,12 +117,15 @@ def test_cli_and_notebook_give_the_same_checkpoint(repo, tmp_path):
     assert a['model'].keys() == b['model'].keys()
     for k, v in a['model'].items(): assert torch.equal(v, b['model'][k]), k     # weights, key encoder, queues
 
-def test_pretrain_help_lists_every_option(tmp_path):
-    from snipnb.cli import pretrain_options
-    res = subprocess.run([sys.executable, '-m', 'snipnb.cli', '--help'], capture_output=True, text=True, env=_env(tmp_path))
-    assert res.returncode == 0 and res.stdout.startswith('usage: snipnb-pretrain'), res.stderr
+FIT_LOCALIZER = [sys.executable, '-c', 'import sys; from snipnb.cli import fit_localizer_main; fit_localizer_main(sys.argv[1:])']
+
+@pytest.mark.parametrize('command, cmd', [('pretrain', [sys.executable, '-m', 'snipnb.cli']), ('fit-localizer', FIT_LOCALIZER)])
+def test_help_lists_every_option(tmp_path, command, cmd):
+    from snipnb.cli import command_options
+    res = subprocess.run([*cmd, '--help'], capture_output=True, text=True, env=_env(tmp_path))
+    assert res.returncode == 0 and res.stdout.startswith(f'usage: snipnb-{command}'), res.stderr
     text = ' '.join(res.stdout.split())                                    # argparse wraps lines
-    for o in pretrain_options().values():
+    for o in command_options(command).values():
         assert f"--{o.name.replace('_', '-')}" in text, o.name
         if o.doc: assert ' '.join(o.doc.split()).replace('%%', '%') in text, o.name
 
@@ -134,23 +138,41 @@ def test_cli_refuses_bad_values_before_loading_anything(tmp_path):
     assert res.returncode == 2 and 'pretext_options: expected a JSON object' in res.stderr
     assert not (tmp_path/'run').exists() and not (tmp_path/'cache').exists()
 
-def test_notebook_parameters_are_the_cli_options(repo):
-    "One set of names: the pretrain notebook's parameters are `pretrain_options` (and `gpus`, the notebook's own)."
-    from snipnb.cli import pretrain_options
-    nb = json.loads((repo/'nbs'/'pretrain.ipynb').read_text())
+@pytest.mark.parametrize('notebook, command, own', [('pretrain', 'pretrain', ['gpus']), ('localize', 'fit-localizer', [])])
+def test_notebook_parameters_are_the_cli_options(repo, notebook, command, own):
+    "One set of names: an experiment notebook's parameters are its command's options (and the notebook's own)."
+    from snipnb.cli import command_options
+    nb = json.loads((repo/'nbs'/f'{notebook}.ipynb').read_text())
     cell = next(c for c in nb['cells'] if 'parameters' in c['metadata'].get('tags', []))
     names = [l.split(':')[0] for l in ''.join(cell['source']).splitlines() if l.strip() and not l.startswith('#')]
-    assert sorted(names) == sorted([*pretrain_options(), 'gpus'])
+    assert sorted(names) == sorted([*command_options(command), *own])
 
-def test_cli_entry_point_returns_none(monkeypatch):
-    "`snipnb-pretrain = \"snipnb.cli:main\"` in [project.scripts]: the console script exits with main()'s return value."
+def test_cli_entry_points_return_none(monkeypatch, repo):
+    "`snipnb-pretrain = \"snipnb.cli:main\"` (and snipnb-fit-localizer) in [project.scripts]: the console script exits with the entry point's return value."
     import snipnb.cli
-    monkeypatch.setattr(snipnb.cli, 'pretrain_from_cli', lambda argv: object())      # a trainer
-    assert snipnb.cli.main(['--epochs', '1']) is None
+    calls = []
+    monkeypatch.setattr(snipnb.cli, 'run_command', lambda command, argv: calls.append(command) or object())
+    assert snipnb.cli.main(['--epochs', '1']) is None and snipnb.cli.fit_localizer_main(['--epochs', '1']) is None
+    assert calls == ['pretrain', 'fit-localizer']
+    scripts = (repo/'pyproject.toml').read_text()
+    assert 'snipnb-pretrain = "snipnb.cli:main"' in scripts and 'snipnb-fit-localizer = "snipnb.cli:fit_localizer_main"' in scripts
 
-def test_every_pretrain_option_is_documented():
-    from snipnb.cli import pretrain_options
-    assert [k for k, o in sorted(pretrain_options().items()) if not o.doc] == []
+@pytest.mark.parametrize('command', ['pretrain', 'fit-localizer'])
+def test_every_option_is_documented(command):
+    from snipnb.cli import command_options
+    assert [k for k, o in sorted(command_options(command).items()) if not o.doc] == []
+
+def test_fit_localizer_command_writes_the_results(tmp_path):
+    "snipnb-fit-localizer runs the localization experiment: checkpoint, predictions and metric table in the run folder."
+    res = subprocess.run([*FIT_LOCALIZER, '--protocol', 'scratch', '--size', 'quick', '--subset', '1', '--epochs', '1',
+                          '--batch-size', '8', '--clip-len', '64', '--max-steps', '2', '--device', 'cpu', '--no-progress',
+                          '--backbone-options', '{"channels": [4, 4, 4, 4, 8, 8, 8, 16, 16, 16]}', '--out-dir', str(tmp_path/'loc')],
+                         capture_output=True, text=True, env=_env(tmp_path))
+    assert res.returncode == 0, res.stderr[-2000:]
+    row = json.loads((tmp_path/'loc'/'metrics.json').read_text())
+    assert row['protocol'] == 'scratch' and row['clip_len'] == 64 and 0 <= row['mAP avg'] <= 1
+    assert f"results: {tmp_path/'loc'}" in res.stdout and (tmp_path/'loc'/'last.pt').exists()
+    assert (tmp_path/'loc'/'predictions.csv').read_text().startswith('video,label,start,end,score')
 
 def test_pretrain_notebook_says_what_is_missing(repo, tmp_path):
     res = run_tool('papermill', str(repo/'nbs'/'pretrain.ipynb'), str(tmp_path/'out.ipynb'), '-p', 'dataset', 'babel',

@@ -182,9 +182,9 @@ def test_save_html_standalone_and_atomic(tmp_path, seq, monkeypatch):
     assert 'Plotly.newPlot' in html and '<script src="http' not in html and len(html) > 1_000_000
     q = save_html(fig, tmp_path/'b'/'player.html', plotlyjs='directory')
     assert (tmp_path/'b'/'plotly.min.js').stat().st_size > 1_000_000 and q.stat().st_size < p.stat().st_size / 2
-    import snipnb.formats
+    import snipnb.fileio                                              # where write_atomic lives
     def full(*a): raise OSError('disk full')                          # the write fails after the temporary file exists
-    monkeypatch.setattr(snipnb.formats.os, 'replace', full)
+    monkeypatch.setattr(snipnb.fileio.os, 'replace', full)
     with pytest.raises(OSError, match='disk full'): save_html(fig, tmp_path/'c'/'x.html')
     monkeypatch.undo()
     assert list((tmp_path/'c').iterdir()) == []                     # nothing half-written left behind
@@ -221,7 +221,7 @@ def test_save_png_with_chromium(tmp_path, seq):
 
 @pytest.fixture(scope='module')
 def checkpoint(tmp_path_factory):
-    from snipnb.protocols import fit_localizer
+    from snipnb.experiments import fit_localizer
     out = tmp_path_factory.mktemp('loc')
     fit_localizer('synthetic', protocol='scratch', corpus_options={'size': 'quick'}, epochs=1, clip_len=64, batch_size=8,
                   warmup_epochs=0, max_steps=2, device='cpu', out_dir=out, progress=False)
@@ -230,7 +230,7 @@ def checkpoint(tmp_path_factory):
 @pytest.fixture(scope='module')
 def subset_checkpoint(tmp_path_factory):
     "A localizer of the 4-class subset 1: its classes are not those of the whole synthetic corpus."
-    from snipnb.protocols import fit_localizer
+    from snipnb.experiments import fit_localizer
     out = tmp_path_factory.mktemp('loc4')
     fit_localizer('synthetic', protocol='scratch', subset=1, corpus_options={'size': 'quick'}, epochs=1, clip_len=64,
                   batch_size=8, warmup_epochs=0, max_steps=1, device='cpu', out_dir=out, progress=False)
