@@ -27,9 +27,8 @@ install-dev: torch
 # The main job on the embedded synthetic default, through papermill: pretraining (SnipCLR = RVTCLR +
 # the snippet term, light preset: 1/4-width ST-GCN), then fine-tuning with the U-fusion decoder and the metric table.
 # The 'quick' preset below is sized for 2 CPU cores (a few minutes); on a GPU raise RUN_PARAMS.
-# Localization: 10 epochs at lr 1e-3 (the official 1e-4 belongs to its 40-epoch recipe; snipnb.experiments.FINETUNE_RECIPE).
 PRETRAIN_PARAMS ?= -p size quick -p epochs 3 -p batch_size 16 -p clip_len 100 -p queue_size 1024
-LOCALIZE_PARAMS ?= -p size quick -p subset 1 -p protocol finetune -p epochs 10 -p clip_len 100 -p lr 0.001
+LOCALIZE_PARAMS ?= -p size quick -p subset 1 -p protocol finetune -p epochs 10 -p clip_len 100
 run: install
 	mkdir -p $(OUT)
 	$(PYTHON) -m papermill nbs/pretrain.ipynb $(OUT)/pretrain.ipynb $(PRETRAIN_PARAMS) -p out_dir $(OUT)/pretrain

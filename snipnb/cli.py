@@ -108,6 +108,7 @@ def command_kwargs(command:str='pretrain', **options) -> dict:
     kw = {k: option_value(known[k], v) for k, v in options.items() if v is not None}
     for k, (target, *_) in shortcuts.items():
         if k in kw: _fold(kw, k, target)
+    if 'subset' in kw and kw.get('dataset', 'synthetic').split('+')[0] != 'synthetic': del kw['subset']   # the synthetic data's only
     return kw
 
 # %% ../nbs/15_cli.ipynb #e296c7d2

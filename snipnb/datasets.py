@@ -323,7 +323,7 @@ def split_names(self:Corpus) -> list: return sorted(set(self.splits))
 
 # %% ../nbs/04_datasets.ipynb #5be01ff4
 @patch
-def _view(self:Corpus, indices=None, label_map=None, class_names=None) -> Corpus:
+def view(self:Corpus, indices=None, label_map=None, class_names=None) -> Corpus:
     "A view of the same cache (arrays and index shared) with other recordings, label map or class names."
     return Corpus(self.path, self.indices if indices is None else indices,
                   self.label_map if label_map is None else label_map,
@@ -360,7 +360,7 @@ def split(self:Corpus, name:str) -> Corpus:
     wanted = set(name.split('+'))
     unknown = wanted - set(self.split_names)
     if unknown: raise KeyError(f"{self.name}: no split {', '.join(sorted(unknown))}; splits: {', '.join(self.split_names)}")
-    return self._view(self.indices[np.array([s in wanted for s in self.splits], bool)])
+    return self.view(self.indices[np.array([s in wanted for s in self.splits], bool)])
 
 # %% ../nbs/04_datasets.ipynb #54eba90d
 def _class_id(corpus:Corpus, c) -> int:
@@ -390,7 +390,7 @@ def subset(self:Corpus, classes, # class names (or ids of this view) that become
     label_map = remap[self.label_map]
     keep = np.ones(len(self), bool) if keep_all else self._holding(label_map)
     names = ('background', *[self.class_names[k] for k in ids])
-    return self._view(self.indices[keep], label_map, names)
+    return self.view(self.indices[keep], label_map, names)
 
 # %% ../nbs/04_datasets.ipynb #3c8043de
 @patch
@@ -401,7 +401,7 @@ def label_fraction(self:Corpus, fraction:float, # share of videos kept, in (0, 1
     order = np.argsort(self.names, kind='stable')           # independent of the cache's recording order
     perm = order[np.random.default_rng(seed).permutation(len(order))]
     n = max(1, int(round(fraction * len(self))))
-    return self._view(np.sort(self.indices[perm[:n]]))
+    return self.view(np.sort(self.indices[perm[:n]]))
 
 # %% ../nbs/04_datasets.ipynb #147a27c7
 def window_starts(num_frames:int, length:int, stride:int) -> np.ndarray:

@@ -45,7 +45,7 @@ def localize_recipe(protocol:str='finetune', # one of `PROTOCOLS`
     "The training recipe of a localization run: `FINETUNE_RECIPE`, its lr for the protocol, `train_options` over it."
     r = dict(FINETUNE_RECIPE, lr=FINETUNE_RECIPE['lr'] if protocol in ('finetune', 'scratch') and ufusion else NO_FUSION_LR)
     epochs = train_options.get('epochs')
-    if epochs not in (None, r['epochs']) and not {'warmup_epochs', 'steps'} & set(train_options): r.update(short_schedule(epochs))
+    if epochs not in (None, r['epochs']): r.update(short_schedule(epochs))   # what the caller sets below wins
     return {**r, **train_options}
 
 # %% ../nbs/14_experiments.ipynb #cab66ea9
@@ -161,12 +161,15 @@ def check_localize_options(protocol:str, checkpoint, select:str, decoding:str, l
 def localize_splits(corpus:Corpus, subset=None, # synthetic: 1, 2, 3 or class names
                     label_fraction:float=1.0, label_seed:int=0,
                     val_fraction:float|None=None, val_seed:int=0, # a fraction: hold out validation videos
+                    train_split:str='train', # the labelled videos to train on ('pretrain': the ceiling of the results tables)
                    ) -> tuple: # (train, val or None, test) views
     "The training videos (a label fraction of them), the validation videos carved out of them, and the evaluation split."
     if subset is not None:
         from snipnb.synthetic import SYNTHETIC_SUBSETS
-        corpus = corpus.subset(SYNTHETIC_SUBSETS[subset] if isinstance(subset, int) else subset)
-    train = corpus.split('train')
+        if isinstance(subset, (int, np.integer)) and subset not in SYNTHETIC_SUBSETS:
+            raise ValueError(f"subset {subset!r}: the synthetic subsets are {sorted(SYNTHETIC_SUBSETS)} (None: every class)")
+        corpus = corpus.subset(SYNTHETIC_SUBSETS[subset] if isinstance(subset, (int, np.integer)) else subset)
+    train = corpus.split(train_split)
     if label_fraction < 1: train = train.label_fraction(label_fraction, label_seed)
     test = corpus.split(eval_split(corpus))
     val = None
@@ -264,8 +267,9 @@ def fit_localizer(dataset:str='synthetic', # a load_corpus name: 'synthetic', 'b
                   val_seed:int=0, # seed of that draw
                   decoding:str='paper', # decoder of the per-epoch selection score: 'paper', 'official', 'argmax'
                   padding_label:int=-1, # whole sequences: label of padded frames (-1: ignored; 1: the official collate)
-                  whole_sequences:bool=False, # train and infer on whole recordings, padded per batch (the official protocol; = clip_len None)
                   backbone_options:dict|None=None, # more `build_backbone` options when there is no checkpoint
+                  train_split:str='train', # the split to train on (its labels are used)
+                  whole_sequences:bool=False, # train and infer on whole recordings, padded per batch (the official protocol; = clip_len None)
                   **train_options, # TrainConfig fields: epochs, batch_size, clip_len, lr, seed, ... (over `localize_recipe`)
                  ) -> tuple: # (model, trainer or None, corpus view used for evaluation)
     "Train (or, for kNN, fit) a localizer with a protocol; returns the model, its trainer and the evaluation corpus."
@@ -276,7 +280,7 @@ def fit_localizer(dataset:str='synthetic', # a load_corpus name: 'synthetic', 'b
     cfg = TrainConfig(**localize_recipe(protocol, ufusion, **train_options))
     corpus = load_corpus(dataset, progress=progress, **(corpus_options or {}))
     train, val, test = localize_splits(corpus, subset, label_fraction, label_seed,
-                                       val_fraction if select == 'best_val' else None, val_seed)
+                                       val_fraction if select == 'best_val' else None, val_seed, train_split)
     whole = cfg.clip_len is None
     M, V, C = corpus.shape
     model = build_protocol_model(protocol, test.num_classes, checkpoint, backbone, ufusion, cfg.seed, knn_k,
@@ -285,7 +289,7 @@ def fit_localizer(dataset:str='synthetic', # a load_corpus name: 'synthetic', 'b
     model.run_config = {**model.config, 'protocol': protocol, 'num_classes': test.num_classes, 'clip_len': cfg.clip_len,
                         'whole_sequence': whole, 'class_names': list(test.class_names), 'dataset': dataset,
                         'label_fraction': label_fraction, 'label_seed': label_seed, 'ufusion': ufusion,
-                        'checkpoint': str(checkpoint) if checkpoint else None, 'select': select}
+                        'checkpoint': str(checkpoint) if checkpoint else None, 'select': select, 'train_split': train_split}
     if whole: model.run_config['padding_label'] = padding_label
     if select != 'final': model.run_config['select_decoding'] = decoding
     if select == 'best_val': model.run_config.update(val_fraction=val_fraction, val_seed=val_seed, val_videos=val.names)

@@ -344,7 +344,7 @@ def validation_split(train:Corpus, # the training videos
     order = np.argsort(train.names, kind='stable')
     perm = order[np.random.default_rng(seed).permutation(len(order))]
     n = min(max(1, int(round(fraction * len(train)))), len(train) - 1)
-    return train._view(np.sort(train.indices[perm[n:]])), train._view(np.sort(train.indices[perm[:n]]))
+    return train.view(np.sort(train.indices[perm[n:]])), train.view(np.sort(train.indices[perm[:n]]))
 
 # %% ../nbs/11_protocols.ipynb #64ba7e0c
 def selection_record(select:str, epoch:int|None, score:float|None=None) -> dict:

@@ -18,9 +18,9 @@ from .config import get_device
 from .fileio import remove_stale, write_atomic, no_space
 
 # %% auto #0
-__all__ = ['RESUMABLE_FIELDS', 'positive_int', 'TrainConfig', 'train_config_differences', 'lr_factor', 'build_optimizer',
-           'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'init_distributed', 'is_main_process',
-           'check_writable', 'Trainer', 'pretrain_step', 'pretrain_splits', 'pretrained_backbone']
+__all__ = ['RESUMABLE_FIELDS', 'BACKBONE_PREFIXES', 'positive_int', 'TrainConfig', 'train_config_differences', 'lr_factor',
+           'build_optimizer', 'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'init_distributed',
+           'is_main_process', 'check_writable', 'Trainer', 'pretrain_step', 'pretrain_splits', 'pretrained_backbone']
 
 # %% ../nbs/09_train.ipynb #f743ec52
 def positive_int(name:str, value, # the option and its value
@@ -444,11 +444,15 @@ def pretrain_splits(corpus:Corpus) -> Corpus:
     return corpus.split('+'.join(keep)) if keep else corpus
 
 # %% ../nbs/09_train.ipynb #5cc0eff5
+BACKBONE_PREFIXES = ('encoder_q.backbone.', 'backbone.', 'localizer.backbone.')   # a pretext's query encoder, a localizer, a frozen one
+
 def pretrained_backbone(path:str|Path) -> 'SkeletonBackbone':
-    "The query backbone of a pretraining checkpoint, with its configuration."
+    "The backbone of a pretraining checkpoint (its query encoder) or of a localizer checkpoint, with its configuration."
     s = load_checkpoint(path)
     cfg = s['model_config'].get('backbone')
-    if cfg is None: raise CheckpointError(f"{path}: not a pretraining checkpoint (no backbone configuration)")
-    prefix = 'encoder_q.backbone.'
-    weights = {k[len(prefix):]: v for k, v in s['model'].items() if k.startswith(prefix)}
-    return backbone_from_state({'config': cfg, 'state_dict': weights})
+    if cfg is None: raise CheckpointError(f"{path}: not a pretraining or localizer checkpoint (no backbone configuration)")
+    model = {k.replace('_orig_mod.', ''): v for k, v in s['model'].items()}
+    for prefix in BACKBONE_PREFIXES:
+        weights = {k[len(prefix):]: v for k, v in model.items() if k.startswith(prefix)}
+        if weights: return backbone_from_state({'config': cfg, 'state_dict': weights})
+    raise CheckpointError(f"{path}: no backbone weights (no key starts with {' or '.join(BACKBONE_PREFIXES)})")
