@@ -9,7 +9,7 @@ BIN := $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_path("scripts
 # where `make run` writes its executed notebooks and artefacts
 OUT ?= outputs/run
 
-.PHONY: run test install install-dev torch chromium export clean-nbs
+.PHONY: run test tables install install-dev torch chromium export clean-nbs
 
 torch:
 	@if $(PYTHON) -c 'import torch' 2>/dev/null; then \
@@ -59,6 +59,16 @@ chromium:
 test: install-dev chromium
 	$(BIN)/nbdev-test
 	$(PYTHON) -m pytest tests/
+
+# The results tables: nbs/table_$(TABLE).ipynb with a preset of snipnb.tables.TABLE_PRESETS ('tiny', 'cpu', 'gpu',
+# 'paper'); finished cells (results/table_$(TABLE)/$(PRESET)/cells/) are skipped, so an interrupted table resumes.
+TABLE ?= babel
+PRESET ?= cpu
+TABLE_PARAMS ?=
+tables: install
+	mkdir -p $(OUT)
+	$(PYTHON) -m papermill nbs/table_$(TABLE).ipynb $(OUT)/table_$(TABLE)-$(PRESET).ipynb -p preset $(PRESET) $(TABLE_PARAMS)
+	@cat results/table_$(TABLE)/$(PRESET)/table.md
 
 # For developers: regenerate snipnb/ from nbs/ and clean the notebooks before committing.
 export:

@@ -661,11 +661,12 @@ def bone_lengths(joints:np.ndarray, # (T, M, V, 3) or (T, V, 3)
 
 # %% ../nbs/03_synthetic.ipynb #8cb57bef
 SYNTHETIC_SIZES = {'quick': dict(pretrain=16, train=12, val=6, test=6),
-                   'default': dict(pretrain=1500, train=900, val=200, test=400)}
+                   'default': dict(pretrain=1500, train=900, val=200, test=400),
+                   'tables': dict(pretrain=160, train=60, val=20, test=150)}   # the results tables' cpu preset: a large test split
 RECORDINGS_PER_SUBJECT = 12
 
 def synthetic_split_sizes(size:str|int='default') -> dict:
-    "Recordings per split for 'quick', 'default' or a total count (at least 5 per split)."
+    "Recordings per split for a named size (`SYNTHETIC_SIZES`: 'quick', 'default', 'tables') or a total count (at least 5 per split)."
     if isinstance(size, str):
         if size not in SYNTHETIC_SIZES: raise ValueError(f"size {size!r}: use {', '.join(map(repr, SYNTHETIC_SIZES))} or an int")
         return dict(SYNTHETIC_SIZES[size])

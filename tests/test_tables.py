@@ -1,0 +1,58 @@
+"""The results tables: a table built end to end through papermill with the tiny preset, resumed without rerunning; the statistics against hand-worked cases."""
+import json, math
+import numpy as np
+import pytest
+from conftest import run_tool
+
+pd = pytest.importorskip('pandas')
+pytest.importorskip('scipy')
+from snipnb.tables import paired_test, holm, table_cells, row_columns, BABEL_ROWS, BABEL_COLUMNS, cell_key
+
+def test_paired_t_against_a_hand_worked_case():
+    "Differences 0.10, 0.03, 0.09: mean 0.07333, sd 0.037859, t = 3.355 on 2 df, two-sided p = 1 - t / sqrt(t^2 + 2) = 0.0785."
+    r = paired_test([0.60, 0.55, 0.70], [0.50, 0.52, 0.61])
+    assert r['n'] == 3 and math.isclose(r['diff'], 0.22 / 3, rel_tol=1e-9)
+    assert math.isclose(r['t'], 3.3549, abs_tol=1e-4) and math.isclose(r['p'], 1 - r['t'] / math.sqrt(r['t'] ** 2 + 2), rel_tol=1e-9)
+    assert math.isclose(r['p'], 0.0785, abs_tol=1e-4)
+    # four seeds: 3 degrees of freedom
+    d = np.array([1.0, -1.0, 1.0, 3.0])                                  # mean 1, sd 1.633, t = 1 / (1.633 / 2) = 1.2247
+    r = paired_test(d, np.zeros(4))
+    assert math.isclose(r['t'], 1 / (np.std(d, ddof=1) / 2), rel_tol=1e-9)
+    from scipy import stats
+    assert math.isclose(r['p'], 2 * stats.t.sf(r['t'], 3), rel_tol=1e-9)
+
+def test_holm_against_its_definition():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        p = rng.uniform(0, 0.2, rng.integers(1, 8))
+        order = np.argsort(p); m = len(p)
+        expect = np.empty(m); running = 0
+        for i, j in enumerate(order):
+            running = max(running, min(1, (m - i) * p[j])); expect[j] = running
+        np.testing.assert_allclose(holm(p), expect, rtol=1e-12)
+
+def test_cells_cover_every_row_and_its_columns():
+    cells = table_cells(subsets=(1, 2), seeds=(0, 1, 2))
+    assert {(c['row'], c['column']) for c in cells} == {(r, c) for r in BABEL_ROWS for c in row_columns(r)}
+    assert len(cells) == len({cell_key(c) for c in cells}) == 2 * 3 * sum(len(row_columns(r)) for r in BABEL_ROWS)
+
+def test_table_babel_tiny_through_papermill_and_resume(repo, tmp_path):
+    "The whole table with the tiny preset: every row and column in the CSVs; a second run finds every cell done and reruns none."
+    env = {'SNIPNB_CACHE_DIR': str(tmp_path/'cache'), 'SNIPNB_OUTPUT_DIR': str(tmp_path/'outputs')}
+    args = ['papermill', str(repo/'nbs'/'table_babel.ipynb'), str(tmp_path/'t.ipynb'), '-p', 'preset', 'tiny',
+            '-p', 'out_dir', str(tmp_path/'res'), '-p', 'device', 'cpu', '-p', 'progress', 'False']
+    run_tool(*args, cwd=tmp_path, env=env)
+    cells = pd.read_csv(tmp_path/'res'/'cells.csv')
+    assert {(r, c) for r, c in zip(cells.row, cells.column)} == {(r, c) for r in BABEL_ROWS for c in row_columns(r)}
+    assert cells['mAP avg'].between(0, 1).all() and (cells.seed == 0).all() and (cells.subset == 1).all()
+    table = pd.read_csv(tmp_path/'res'/'table.csv', index_col=0)
+    assert list(table.index) == list(BABEL_ROWS) and list(table.columns) == [f'1 {c}' for c in BABEL_COLUMNS]
+    assert (tmp_path/'res'/'table.md').read_text().count('\n') == len(BABEL_ROWS) + 2
+    tests = pd.read_csv(tmp_path/'res'/'snippet_tests.csv')
+    assert len(tests) == 4 * 4 and tests['p'].isna().all()                  # one seed: no test, said as NaN, not a number
+    stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path/'res'/'cells').iterdir()}
+    assert len(stamps) == len(cells)
+    run_tool(*args, cwd=tmp_path, env=env)
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path/'res'/'cells').iterdir()} == stamps
+    done = json.loads((tmp_path/'res'/'cells'/'ceiling_s1_finetune20pct_seed0.json').read_text())
+    assert done['label_fraction'] == 0.2 and done['protocol'] == 'finetune'
