@@ -78,8 +78,8 @@ TABLE_PRESETS = {
                  pretrain=dict(epochs=1, batch_size=8, clip_len=64, max_steps=2, pretext_options={'queue_size': 256}),
                  finetune=dict(epochs=1, batch_size=8, clip_len=64, max_steps=2), supervised=dict(epochs=1, max_steps=2)),
     'cpu': dict(seeds=(0, 1, 2), size='tables', subsets=(1,), backbone='stgcn16', pretrain_preset='light', backbone_options={},
-                pretrain=dict(epochs=3, batch_size=16, clip_len=100, max_steps=40, pretext_options={'queue_size': 1024}),
-                finetune=dict(epochs=6, batch_size=8, clip_len=100, lr=1e-3, max_steps=40), supervised=dict(epochs=6, max_steps=40)),
+                pretrain=dict(epochs=2, batch_size=16, clip_len=100, max_steps=30, pretext_options={'queue_size': 1024}),
+                finetune=dict(epochs=4, batch_size=8, clip_len=100, lr=1e-3, max_steps=30), supervised=dict(epochs=4, max_steps=30)),
     'gpu': dict(seeds=(0, 1, 2), size='default', subsets=(1, 2, 3), backbone='stgcn16', pretrain_preset='light', backbone_options={},
                 pretrain=dict(epochs=20, batch_size=64, clip_len=100, pretext_options={'queue_size': 4096}),
                 finetune=dict(epochs=15, batch_size=16, clip_len=100, lr=1e-3), supervised=dict(epochs=15)),
@@ -181,6 +181,8 @@ def run_table(cells:list, out:str|Path, # the results: out/cells/<key>.json
     groups = defaultdict(list)
     for c in todo: groups[c['row'], c['seed']].append(c)
     bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc='table cells', disable=not progress)
+    order = sorted(groups, key=lambda k: (k[1], list(BABEL_ROWS).index(k[0])))   # seed by seed: a whole table per seed first
+    groups = {k: groups[k] for k in order}
     if workers <= 1:
         for g in groups.values():
             for c in g: bar.update(len(_run_group([c], out, work, dataset, preset, device)))
