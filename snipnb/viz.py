@@ -582,7 +582,10 @@ def loss_curves(history, # rows of metrics.jsonl (dicts with 'epoch' and losses)
     if lr and 'lr' in rows[-1]:
         fig.add_trace(go.Scatter(x=[r.get(x) for r in rows], y=[r.get('lr') for r in rows], mode='lines', name='lr',
                                  line=dict(dash='dot', color='#888')), secondary_y=True)
-        fig.update_yaxes(title_text='learning rate', secondary_y=True, showgrid=False)
+        fig.update_yaxes(title_text='learning rate', secondary_y=True, showgrid=False, rangemode='tozero')   # never below 0
+    xs = [r.get(x) for r in rows]
+    if x == 'epoch' and all(isinstance(v, int) for v in xs):   # whole epochs: integer ticks, one per epoch up to 20
+        fig.update_xaxes(tickformat='d', **({'tickmode': 'linear', 'dtick': 1} if len(set(xs)) <= 20 else {}))
     fig.update_layout(title=title, height=height, xaxis_title=x, yaxis_title='loss', legend=dict(orientation='h', y=1.08))
     return fig
 
