@@ -6,13 +6,14 @@ Docs: https://snipnb.github.io/snipnb/tables.html.md"""
 
 # %% ../nbs/16_tables.ipynb #66170461
 from __future__ import annotations
-import json, math, time
+import json, math, re, time
 from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+from .config import get_setting
 from .fileio import write_atomic
 from .datasets import load_corpus
 from .train import save_checkpoint
@@ -20,9 +21,10 @@ from .experiments import pretrain, run_localization, fit_localizer
 if TYPE_CHECKING: import pandas as pd   # imported where used: `import snipnb` needs no pandas
 
 # %% auto #0
-__all__ = ['ENCODERS', 'BABEL_ROWS', 'BABEL_COLUMNS', 'TABLE_PRESETS', 'paired_test', 'holm', 'row_columns', 'table_preset',
-           'table_cells', 'cell_key', 'random_encoder', 'row_encoder', 'run_cell', 'run_table', 'table_frame',
-           'snippet_tests', 'summary_table', 'table_figure', 'write_table']
+__all__ = ['ENCODERS', 'PRETEXT_METHODS', 'BABEL_COLUMNS', 'BABEL_ROWS', 'ABLATION_COLUMNS', 'ABLATION_ROWS', 'TABLES',
+           'TABLE_PRESETS', 'paired_test', 'holm', 'table_row', 'get_table', 'row_columns', 'table_preset',
+           'table_cells', 'cell_key', 'random_encoder', 'encoder_name', 'row_encoder', 'run_cell', 'run_table',
+           'table_frame', 'baseline_tests', 'summary_table', 'table_figure', 'write_table', 'build_table']
 
 # %% ../nbs/16_tables.ipynb #6c8f8db2
 def paired_test(a, b, # paired measurements (one per seed): a - b is tested
@@ -58,18 +60,58 @@ def holm(pvalues) -> np.ndarray:
 
 # %% ../nbs/16_tables.ipynb #643e86e3
 ENCODERS = ('random', 'none', 'pretext', 'supervised')   # how a row's encoder is made
-BABEL_ROWS = {'floor': ('random', None, False), 'scratch': ('none', None, False),
-              **{m + s: ('pretext', m, bool(s)) for m in ('skeletonclr', 'aimclr', 'crossclr', 'rvtclr') for s in ('', '+snippet')},
-              'ceiling': ('supervised', None, False)}        # row: (encoder, method, snippet term)
+
+def table_row(encoder:str, # one of `ENCODERS`
+              method:str|None=None, snippet:bool=False, # the pretext, with or without the snippet term
+              baseline:str|None=None, # the row this one is tested against (paired over seeds)
+              columns:tuple|None=None, # the columns it fills (None: all)
+              pretrain:dict|None=None, # `pretrain` options it changes (pretext_options are merged)
+              finetune:dict|None=None, # `fit_localizer` options it changes (e.g. ufusion=False)
+             ) -> dict:
+    "One row of a results table."
+    if encoder not in ENCODERS: raise ValueError(f"unknown encoder {encoder!r}; use one of {ENCODERS}")
+    return dict(encoder=encoder, method=method, snippet=snippet, baseline=baseline, columns=columns,
+                pretrain=dict(pretrain or {}), finetune=dict(finetune or {}))
+
+# %% ../nbs/16_tables.ipynb #14f560d0
+PRETEXT_METHODS = ('skeletonclr', 'aimclr', 'crossclr', 'rvtclr')
 BABEL_COLUMNS = {'linear': ('linear', 1.0), 'knn': ('knn', 1.0), 'finetune': ('finetune', 1.0),
                  'finetune 20%': ('finetune', 0.2)}           # column: (protocol, label fraction)
+BABEL_ROWS = {'floor': table_row('random', columns=('linear', 'knn')),
+              'scratch': table_row('none', columns=('finetune', 'finetune 20%')),
+              **{m + s: table_row('pretext', m, bool(s), baseline=m if s else None) for m in PRETEXT_METHODS for s in ('', '+snippet')},
+              'ceiling': table_row('supervised')}
 
-def row_columns(row:str) -> tuple:
-    "The columns a row fills: probes need an encoder, training from scratch only fine-tunes."
-    encoder = BABEL_ROWS[row][0]
-    if encoder == 'none': return ('finetune', 'finetune 20%')
-    if encoder == 'random': return ('linear', 'knn')
-    return tuple(BABEL_COLUMNS)
+# %% ../nbs/16_tables.ipynb #89c7514d
+ABLATION_COLUMNS = {'linear': ('linear', 1.0), 'finetune': ('finetune', 1.0)}
+_SNIPCLR = dict(encoder='pretext', method='rvtclr', snippet=True, baseline='rvtclr+snippet')
+ABLATION_ROWS = {
+    'scratch': table_row('none', columns=('finetune',)),
+    'scratch, no U-fusion': table_row('none', columns=('finetune',), baseline='scratch', finetune={'ufusion': False}),
+    **{f'{m}+snippet': table_row('pretext', m, True, columns=('finetune',) if m != 'rvtclr' else None) for m in PRETEXT_METHODS},
+    **{f'{m}+snippet, no U-fusion': table_row('pretext', m, True, baseline=f'{m}+snippet', columns=('finetune',),
+                                              finetune={'ufusion': False}) for m in PRETEXT_METHODS},
+    'snippet grid 4': table_row(**_SNIPCLR, pretrain={'t_grid': 4}),
+    'snippet grid 8': table_row(**_SNIPCLR, pretrain={'t_grid': 8}),
+    'snippet weight 0.5': table_row(**_SNIPCLR, pretrain={'snippet_weight': 0.5}),
+    'snippet weight 3': table_row(**_SNIPCLR, pretrain={'snippet_weight': 3.0}),
+    'dot-product matching': table_row(**_SNIPCLR, pretrain={'pretext_options': {'similarity': 'dot'}}),
+    'official dense-global key': table_row(**_SNIPCLR, pretrain={'pretext_options': {'dense_key': 'official'}}),
+    'frozen snippet-queue pointer': table_row(**_SNIPCLR, pretrain={'pretext_options': {'frozen_snippet_pointer': True}}),
+    'asymmetric views': table_row(**_SNIPCLR, pretrain={'pretext_options': {'query_augment': 'strong'}})}
+
+TABLES = {'babel': (BABEL_ROWS, BABEL_COLUMNS), 'ablations': (ABLATION_ROWS, ABLATION_COLUMNS)}
+
+def get_table(name:str) -> tuple:
+    "(rows, columns) of a table by name (`TABLES`)."
+    if name not in TABLES: raise ValueError(f"unknown table {name!r}; use one of {list(TABLES)}")
+    return TABLES[name]
+
+# %% ../nbs/16_tables.ipynb #77bd24c1
+def row_columns(table:str, row:str) -> tuple:
+    "The columns a row of a table fills."
+    rows, columns = get_table(table)
+    return tuple(rows[row]['columns'] or columns)
 
 # %% ../nbs/16_tables.ipynb #bafbe2fd
 TABLE_PRESETS = {
@@ -92,21 +134,24 @@ def table_preset(name:str) -> dict:
     return TABLE_PRESETS[name]
 
 # %% ../nbs/16_tables.ipynb #2e427780
-def table_cells(rows=None, columns=None, # None: all of `BABEL_ROWS` / `BABEL_COLUMNS`
+def table_cells(table:str='babel', rows=None, columns=None, # None: all of the table's
                 subsets=(1,), seeds=(0,)) -> list:
     "Every cell of a table, in order: row, subset, column, seed."
-    rows, columns = list(rows or BABEL_ROWS), list(columns or BABEL_COLUMNS)
+    all_rows, all_columns = get_table(table)
+    rows, columns = list(rows or all_rows), list(columns or all_columns)
     for r in rows:
-        if r not in BABEL_ROWS: raise ValueError(f"unknown row {r!r}; rows: {', '.join(BABEL_ROWS)}")
+        if r not in all_rows: raise ValueError(f"unknown row {r!r} of table {table}; rows: {', '.join(all_rows)}")
     for c in columns:
-        if c not in BABEL_COLUMNS: raise ValueError(f"unknown column {c!r}; columns: {', '.join(BABEL_COLUMNS)}")
-    return [{'row': r, 'column': c, 'subset': int(s), 'seed': int(k), 'protocol': BABEL_COLUMNS[c][0],
-             'label_fraction': BABEL_COLUMNS[c][1]}
-            for r in rows for s in subsets for c in columns if c in row_columns(r) for k in seeds]
+        if c not in all_columns: raise ValueError(f"unknown column {c!r} of table {table}; columns: {', '.join(all_columns)}")
+    return [{'table': table, 'row': r, 'column': c, 'subset': int(s), 'seed': int(k), 'protocol': all_columns[c][0],
+             'label_fraction': all_columns[c][1]}
+            for r in rows for s in subsets for c in columns if c in row_columns(table, r) for k in seeds]
+
+def _slug(name:str) -> str: return re.sub(r'[^A-Za-z0-9+.]+', '-', name).strip('-')
 
 def cell_key(cell:dict) -> str:
     "The file name of a cell's result: row, subset, column and seed."
-    return f"{cell['row']}_s{cell['subset']}_{cell['column'].replace(' ', '').replace('%', 'pct')}_seed{cell['seed']}"
+    return f"{_slug(cell['row'])}_s{cell['subset']}_{cell['column'].replace(' ', '').replace('%', 'pct')}_seed{cell['seed']}"
 
 # %% ../nbs/16_tables.ipynb #5d5301de
 def _finished(ck:Path, epochs:int|None) -> bool:
@@ -127,18 +172,32 @@ def random_encoder(path:Path, dataset:str, backbone:str='stgcn16', seed:int=0, c
     return Path(path)
 
 # %% ../nbs/16_tables.ipynb #f7d4e2d7
-def row_encoder(row:str, seed:int, out:Path, dataset:str='synthetic', preset:str='tiny', device=None) -> Path|None:
-    "The checkpoint a row's cells start from (made once, found again after)."
-    kind, method, snippet = BABEL_ROWS[row]
+def encoder_name(spec:dict) -> str|None:
+    "The folder name of a row's encoder: the same for rows that make the same one."
+    kind = spec['encoder']
     if kind == 'none': return None
-    p, folder = table_preset(preset), Path(out)/'encoders'/f'{row}-seed{seed}'
+    if kind != 'pretext': return {'random': 'floor', 'supervised': 'ceiling'}[kind]
+    name = spec['method'] + ('+snippet' if spec['snippet'] else '')
+    return name + (f"-{_slug(json.dumps(spec['pretrain'], sort_keys=True))}" if spec['pretrain'] else '')
+
+def _pretrain_options(p:dict, spec:dict) -> dict:
+    "The preset's pretraining options with the row's changes (pretext_options merged)."
+    kw = {**p['pretrain'], **spec['pretrain']}
+    kw['pretext_options'] = {**p['pretrain'].get('pretext_options', {}), **spec['pretrain'].get('pretext_options', {})}
+    return kw
+
+def row_encoder(spec:dict, seed:int, work:Path, dataset:str='synthetic', preset:str='tiny', device=None) -> Path|None:
+    "The checkpoint a row's cells start from (made once, found again after)."
+    kind, name = spec['encoder'], encoder_name(spec)
+    if kind == 'none': return None
+    p, folder = table_preset(preset), Path(work)/'encoders'/f'{name}-seed{seed}'
     ck, corpus = folder/'last.pt', {'size': p['size']} if dataset == 'synthetic' else None
     if kind == 'random':
         if not ck.exists(): random_encoder(ck, dataset, p['backbone'] or 'agcn', seed, corpus, p['backbone_options'])
     elif kind == 'pretext' and not _finished(ck, p['pretrain'].get('epochs')):
-        pretrain(dataset, method, p['backbone'], snippet=snippet, preset=p['pretrain_preset'], out_dir=folder, resume=ck.exists(),
-                 corpus_options=corpus, backbone_options=p['backbone_options'], progress=False, seed=seed, device=device,
-                 **p['pretrain'])
+        pretrain(dataset, spec['method'], p['backbone'], snippet=spec['snippet'], preset=p['pretrain_preset'], out_dir=folder,
+                 resume=ck.exists(), corpus_options=corpus, backbone_options=p['backbone_options'], progress=False, seed=seed,
+                 device=device, **_pretrain_options(p, spec))
     elif kind == 'supervised' and not _finished(ck, p['supervised'].get('epochs')):
         fit_localizer(dataset, protocol='scratch', backbone=p['backbone'] or 'agcn', train_split='pretrain', corpus_options=corpus,
                       out_dir=folder, resume=ck.exists(), progress=False, seed=seed, device=device,
@@ -149,23 +208,26 @@ def row_encoder(row:str, seed:int, out:Path, dataset:str='synthetic', preset:str
 def run_cell(cell:dict, encoder:Path|None, out:Path, dataset:str='synthetic', preset:str='tiny', device=None) -> dict:
     "One cell: the localization run of its column from its row's encoder; the cell with its metrics and time."
     p, t0 = table_preset(preset), time.time()
+    spec = get_table(cell['table'])[0][cell['row']]
     protocol = 'scratch' if encoder is None else cell['protocol']
     r = run_localization(dataset=dataset, checkpoint=encoder, protocol=protocol, backbone=p['backbone'] or 'agcn',
                          subset=cell['subset'] if dataset == 'synthetic' else None, label_fraction=cell['label_fraction'],
                          label_seed=cell['seed'], corpus_options={'size': p['size']} if dataset == 'synthetic' else None,
                          out_dir=Path(out)/'runs'/cell_key(cell), seed=cell['seed'], progress=False, device=device,
-                         backbone_options=p['backbone_options'] if encoder is None else None, **p['finetune'])
+                         backbone_options=p['backbone_options'] if encoder is None else None, **{**p['finetune'], **spec['finetune']})
     return {**cell, 'dataset': dataset, 'preset': preset, **{k: v for k, v in r['row'].items() if k.startswith(('mAP', 'acc', 'edit', 'f1'))},
             'seconds': round(time.time() - t0, 1)}
 
-def _run_group(cells:list, out:Path, work:Path, dataset:str, preset:str, device, threads:int|None=None) -> list:
+def _run_group(cells:list, out:Path, work:Path, dataset:str, preset:str, device, threads:int|None=None, progress=None) -> list:
     "Make one row's encoder for one seed (in `work`), then run its cells and write their results to `out/cells` (a worker's task)."
     if threads: torch.set_num_threads(threads)
-    encoder, done = row_encoder(cells[0]['row'], cells[0]['seed'], work, dataset, preset, device), []
+    spec = get_table(cells[0]['table'])[0][cells[0]['row']]
+    encoder, done = row_encoder(spec, cells[0]['seed'], work, dataset, preset, device), []
     for c in cells:
         res = run_cell(c, encoder, work, dataset, preset, device)
         write_atomic(Path(out)/'cells'/f'{cell_key(c)}.json', json.dumps(res, indent=1))
         done.append(res)
+        if progress is not None: progress.update(1)
     return done
 
 # %% ../nbs/16_tables.ipynb #d91b4598
@@ -178,14 +240,13 @@ def run_table(cells:list, out:str|Path, # the results: out/cells/<key>.json
     out = Path(out); (out/'cells').mkdir(parents=True, exist_ok=True)
     work = Path(work) if work else out/'work'
     todo = [c for c in cells if not (out/'cells'/f'{cell_key(c)}.json').exists()]
-    groups = defaultdict(list)
-    for c in todo: groups[c['row'], c['seed']].append(c)
+    groups = defaultdict(list)                 # cells that start from the same encoder and seed
+    for c in todo: groups[encoder_name(get_table(c['table'])[0][c['row']]), c['seed']].append(c)
     bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc='table cells', disable=not progress)
-    order = sorted(groups, key=lambda k: (k[1], list(BABEL_ROWS).index(k[0])))   # seed by seed: a whole table per seed first
-    groups = {k: groups[k] for k in order}
+    first = {k: i for i, k in enumerate(groups)}
+    groups = {k: groups[k] for k in sorted(groups, key=lambda k: (k[1], first[k]))}   # seed by seed: a whole table per seed first
     if workers <= 1:
-        for g in groups.values():
-            for c in g: bar.update(len(_run_group([c], out, work, dataset, preset, device)))
+        for g in groups.values(): _run_group(g, out, work, dataset, preset, device, progress=bar)
     else:
         import concurrent.futures as cf, multiprocessing as mp, os
         threads = max(1, (os.cpu_count() or 1) // workers)
@@ -197,26 +258,29 @@ def run_table(cells:list, out:str|Path, # the results: out/cells/<key>.json
 
 # %% ../nbs/16_tables.ipynb #ee9f920b
 def table_frame(results:list) -> 'pd.DataFrame':
-    "The cell results as a DataFrame (one row per cell and seed)."
+    "The cell results as a DataFrame (one row per cell and seed); results written before tables had names are table 1's."
     import pandas as pd
-    return pd.DataFrame(results)
+    df = pd.DataFrame(results)
+    if 'table' not in df: df['table'] = 'babel'
+    return df.fillna({'table': 'babel'})
 
-def snippet_tests(df:'pd.DataFrame', metric:str='mAP avg') -> 'pd.DataFrame':
-    "Paired tests (over seeds) of every `+snippet` row against its method's row, per subset and column; Holm-adjusted."
+def baseline_tests(df:'pd.DataFrame', metric:str='mAP avg') -> 'pd.DataFrame':
+    "Paired tests (over seeds) of every row that names a baseline against it, per subset and column; Holm-adjusted."
     import pandas as pd
-    out = []
-    for (row, subset, column), g in df[df.row.str.endswith('+snippet')].groupby(['row', 'subset', 'column'], sort=False):
-        base = df[(df.row == row[:-len('+snippet')]) & (df.subset == subset) & (df.column == column)]
-        pair = g.merge(base, on='seed', suffixes=('', '_base'))
-        if len(pair): out.append({'row': row, 'subset': subset, 'column': column,
+    rows, out = get_table(df.table.iloc[0])[0], []
+    for (row, subset, column), g in df.groupby(['row', 'subset', 'column'], sort=False):
+        base = rows[row]['baseline'] if row in rows else None
+        ref = df[(df.row == base) & (df.subset == subset) & (df.column == column)]
+        pair = g.merge(ref, on='seed', suffixes=('', '_base')) if base else ref.iloc[:0]
+        if len(pair): out.append({'row': row, 'baseline': base, 'subset': subset, 'column': column,
                                   **paired_test(pair[metric], pair[metric + '_base'])})
-    t = pd.DataFrame(out, columns=['row', 'subset', 'column', 'n', 'diff', 't', 'p', 'ci_low', 'ci_high'])
+    t = pd.DataFrame(out, columns=['row', 'baseline', 'subset', 'column', 'n', 'diff', 't', 'p', 'ci_low', 'ci_high'])
     t['p_holm'] = holm(t['p'].to_numpy()) if len(t) else []
     return t
 
 # %% ../nbs/16_tables.ipynb #e71d5e03
 def summary_table(df:'pd.DataFrame', metric:str='mAP avg', tests:'pd.DataFrame|None'=None, alpha:float=0.05) -> 'pd.DataFrame':
-    "mean ± std over seeds of `metric`, rows x (subset, column), in the order of `BABEL_ROWS`; `+snippet` cells marked by `tests`."
+    "mean ± std over seeds of `metric`, rows x (subset, column), in the table's order; tested cells marked by `tests`."
     import pandas as pd
     def cell(v):
         return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else f"{v.mean():.3f}"
@@ -224,8 +288,9 @@ def summary_table(df:'pd.DataFrame', metric:str='mAP avg', tests:'pd.DataFrame|N
     if tests is not None:
         for _, r in tests.iterrows():
             if not pd.isna(r['p_holm']): t.loc[r['row'], (r['subset'], r['column'])] += ' *' if r['p_holm'] < alpha else ' n.s.'
-    order = [r for r in BABEL_ROWS if r in t.index]
-    cols = sorted(t.columns, key=lambda c: (c[0], list(BABEL_COLUMNS).index(c[1])))
+    rows, columns = get_table(df.table.iloc[0])
+    order = [r for r in rows if r in t.index]
+    cols = sorted(t.columns, key=lambda c: (c[0], list(columns).index(c[1])))
     return t.loc[order, cols].fillna('')
 
 # %% ../nbs/16_tables.ipynb #02821c21
@@ -235,7 +300,7 @@ def table_figure(df:'pd.DataFrame', metric:str='mAP avg', title:str|None=None):
     g = df.groupby(['row', 'subset', 'column'], sort=False)[metric].agg(['mean', 'std', 'count']).reset_index()
     g['group'] = [f"subset {s}: {c}" for s, c in zip(g.subset, g.column)]
     fig = go.Figure()
-    for row in [r for r in BABEL_ROWS if r in set(g.row)]:
+    for row in [r for r in get_table(df.table.iloc[0])[0] if r in set(g.row)]:
         r = g[g.row == row]
         fig.add_bar(name=row, x=r.group, y=r['mean'], error_y=dict(type='data', array=r['std'].fillna(0), visible=True),
                     hovertext=[f"{row}: {m:.3f} ± {s:.3f} over {n} seeds" for m, s, n in zip(r['mean'], r['std'].fillna(0), r['count'])])
@@ -252,3 +317,24 @@ def write_table(table:'pd.DataFrame', path:str|Path, # path without suffix: writ
     if hasattr(flat.columns, 'levels'): flat.columns = [' '.join(map(str, c)) if isinstance(c, tuple) else str(c) for c in flat.columns]
     return [write_atomic(path.with_suffix('.csv'), flat.to_csv()), write_atomic(path.with_suffix('.md'), flat.to_markdown() + '\n'),
             write_atomic(path.with_suffix('.html'), flat.to_html())]
+
+# %% ../nbs/16_tables.ipynb #d45b0f54
+def build_table(table:str='babel', preset:str='cpu', dataset:str='synthetic', rows=None, columns=None, subsets=None, seeds=None,
+                metric:str='mAP avg', workers:int=1, device=None,
+                out:str|Path|None=None, # default results/table_<table>/<preset>
+                work:str|Path|None=None, # default <output_dir>/tables/<table>-<preset>
+                progress:bool=True) -> dict: # frame, table, tests, files, figure, out, work
+    "Run (or resume) a results table and write it."
+    from snipnb.viz import save_html
+    p = table_preset(preset)
+    cells = table_cells(table, rows, columns, subsets or p['subsets'], seeds or p['seeds'])
+    out = Path(out) if out else Path('results')/f'table_{table}'/preset
+    work = Path(work) if work else Path(get_setting('output_dir'))/'tables'/f'{table}-{preset}'
+    df = table_frame(run_table(cells, out, dataset, preset, device, workers, work, progress))
+    tests = baseline_tests(df, metric)
+    summary = summary_table(df, metric, tests)
+    files = write_table(summary, out/'table') + write_table(tests.set_index(['row', 'subset', 'column']), out/'tests')
+    df.to_csv(out/'cells.csv', index=False)
+    fig = table_figure(df, metric, title=f'{table} ({dataset}, preset {preset}): {metric}, mean ± std over seeds')
+    save_html(fig, work/'figure.html', plotlyjs='directory')
+    return {'frame': df, 'table': summary, 'tests': tests, 'files': files + [out/'cells.csv'], 'figure': fig, 'out': out, 'work': work}

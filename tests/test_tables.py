@@ -6,7 +6,7 @@ from conftest import run_tool
 
 pd = pytest.importorskip('pandas')
 pytest.importorskip('scipy')
-from snipnb.tables import paired_test, holm, table_cells, row_columns, BABEL_ROWS, BABEL_COLUMNS, cell_key
+from snipnb.tables import paired_test, holm, table_cells, row_columns, get_table, BABEL_ROWS, BABEL_COLUMNS, cell_key
 
 def test_paired_t_against_a_hand_worked_case():
     "Differences 0.10, 0.03, 0.09: mean 0.07333, sd 0.037859, t = 3.355 on 2 df, two-sided p = 1 - t / sqrt(t^2 + 2) = 0.0785."
@@ -33,26 +33,31 @@ def test_holm_against_its_definition():
 
 def test_cells_cover_every_row_and_its_columns():
     cells = table_cells(subsets=(1, 2), seeds=(0, 1, 2))
-    assert {(c['row'], c['column']) for c in cells} == {(r, c) for r in BABEL_ROWS for c in row_columns(r)}
-    assert len(cells) == len({cell_key(c) for c in cells}) == 2 * 3 * sum(len(row_columns(r)) for r in BABEL_ROWS)
+    assert {(c['row'], c['column']) for c in cells} == {(r, c) for r in BABEL_ROWS for c in row_columns('babel', r)}
+    assert len(cells) == len({cell_key(c) for c in cells}) == 2 * 3 * sum(len(row_columns('babel', r)) for r in BABEL_ROWS)
 
-def test_table_babel_tiny_through_papermill_and_resume(repo, tmp_path):
-    "The whole table with the tiny preset: every row and column in the CSVs; a second run finds every cell done and reruns none."
+@pytest.mark.parametrize('table', ['babel', 'ablations'])
+def test_table_tiny_through_papermill_and_resume(repo, tmp_path, table):
+    "A whole table with the tiny preset: every row and column in the CSVs; a second run finds every cell done and reruns none."
+    rows, columns = get_table(table)
     env = {'SNIPNB_CACHE_DIR': str(tmp_path/'cache'), 'SNIPNB_OUTPUT_DIR': str(tmp_path/'outputs')}
-    args = ['papermill', str(repo/'nbs'/'table_babel.ipynb'), str(tmp_path/'t.ipynb'), '-p', 'preset', 'tiny',
+    args = ['papermill', str(repo/'nbs'/f'table_{table}.ipynb'), str(tmp_path/'t.ipynb'), '-p', 'preset', 'tiny',
             '-p', 'out_dir', str(tmp_path/'res'), '-p', 'device', 'cpu', '-p', 'progress', 'False']
     run_tool(*args, cwd=tmp_path, env=env)
     cells = pd.read_csv(tmp_path/'res'/'cells.csv')
-    assert {(r, c) for r, c in zip(cells.row, cells.column)} == {(r, c) for r in BABEL_ROWS for c in row_columns(r)}
+    assert {(r, c) for r, c in zip(cells.row, cells.column)} == {(r, c) for r in rows for c in row_columns(table, r)}
     assert cells['mAP avg'].between(0, 1).all() and (cells.seed == 0).all() and (cells.subset == 1).all()
-    table = pd.read_csv(tmp_path/'res'/'table.csv', index_col=0)
-    assert list(table.index) == list(BABEL_ROWS) and list(table.columns) == [f'1 {c}' for c in BABEL_COLUMNS]
-    assert (tmp_path/'res'/'table.md').read_text().count('\n') == len(BABEL_ROWS) + 2
-    tests = pd.read_csv(tmp_path/'res'/'snippet_tests.csv')
-    assert len(tests) == 4 * 4 and tests['p'].isna().all()                  # one seed: no test, said as NaN, not a number
+    summary = pd.read_csv(tmp_path/'res'/'table.csv', index_col=0)
+    assert list(summary.index) == list(rows) and list(summary.columns) == [f'1 {c}' for c in columns]
+    assert (tmp_path/'res'/'table.md').read_text().count('\n') == len(rows) + 2
+    tests = pd.read_csv(tmp_path/'res'/'tests.csv')
+    expect = sum(len(row_columns(table, r)) for r, spec in rows.items() if spec['baseline'])
+    assert len(tests) == expect and tests['p'].isna().all()               # one seed: no test, said as NaN, not a number
+    assert (tmp_path/'outputs'/'tables'/f'{table}-tiny'/'figure.html').exists()
     stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path/'res'/'cells').iterdir()}
     assert len(stamps) == len(cells)
     run_tool(*args, cwd=tmp_path, env=env)
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path/'res'/'cells').iterdir()} == stamps
-    done = json.loads((tmp_path/'res'/'cells'/'ceiling_s1_finetune20pct_seed0.json').read_text())
-    assert done['label_fraction'] == 0.2 and done['protocol'] == 'finetune'
+    last = cells.iloc[-1]
+    done = json.loads((tmp_path/'res'/'cells'/f"{cell_key(dict(last))}.json").read_text())
+    assert done['row'] == last['row'] and done['table'] == table
