@@ -60,7 +60,7 @@ test: install-dev chromium
 	$(BIN)/nbdev-test
 	$(PYTHON) -m pytest tests/
 
-# The results tables: nbs/table_$(TABLE).ipynb with a preset of snipnb.tables.TABLE_PRESETS ('tiny', 'cpu', 'gpu',
+# The results tables: nbs/table_$(TABLE).ipynb (babel, ablations, analyses) with a preset of snipnb.tables.TABLE_PRESETS ('tiny', 'cpu', 'gpu',
 # 'paper'); finished cells (results/table_$(TABLE)/$(PRESET)/cells/) are skipped, so an interrupted table resumes.
 TABLE ?= babel
 PRESET ?= cpu
@@ -68,7 +68,7 @@ TABLE_PARAMS ?=
 tables: install
 	mkdir -p $(OUT)
 	$(PYTHON) -m papermill nbs/table_$(TABLE).ipynb $(OUT)/table_$(TABLE)-$(PRESET).ipynb -p preset $(PRESET) $(TABLE_PARAMS)
-	@cat results/table_$(TABLE)/$(PRESET)/table.md
+	@cat results/table_$(TABLE)/$(PRESET)/*.md
 
 # For developers: regenerate snipnb/ from nbs/ and clean the notebooks before committing.
 export:

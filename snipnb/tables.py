@@ -23,8 +23,9 @@ if TYPE_CHECKING: import pandas as pd   # imported where used: `import snipnb` n
 # %% auto #0
 __all__ = ['ENCODERS', 'PRETEXT_METHODS', 'BABEL_COLUMNS', 'BABEL_ROWS', 'ABLATION_COLUMNS', 'ABLATION_ROWS', 'TABLES',
            'TABLE_PRESETS', 'paired_test', 'holm', 'table_row', 'get_table', 'row_columns', 'table_preset',
-           'table_cells', 'cell_key', 'random_encoder', 'encoder_name', 'row_encoder', 'run_cell', 'run_table',
-           'table_frame', 'baseline_tests', 'summary_table', 'table_figure', 'write_table', 'build_table']
+           'table_cells', 'cell_key', 'random_encoder', 'encoder_name', 'row_encoder', 'boundary_summary', 'run_cell',
+           'run_table', 'table_frame', 'baseline_tests', 'summary_table', 'table_figure', 'write_table',
+           'snippet_variance', 'build_table']
 
 # %% ../nbs/16_tables.ipynb #6c8f8db2
 def paired_test(a, b, # paired measurements (one per seed): a - b is tested
@@ -204,6 +205,24 @@ def row_encoder(spec:dict, seed:int, work:Path, dataset:str='synthetic', preset:
                       backbone_options=p['backbone_options'], **{**p['finetune'], **p['supervised']})
     return ck
 
+# %% ../nbs/16_tables.ipynb #061158b3
+def boundary_summary(predictions, # rows (video, label, start, end, score)
+                     ground_truth, # rows (video, label, start, end)
+                     min_iou:float=0.1) -> dict: # boundary error (median |frames|), boundary recall
+    "Median absolute boundary error (start and end, frames) of matched segments, and the share of true segments matched."
+    from snipnb.viz import boundary_errors
+    by_video = defaultdict(lambda: ([], []))
+    for v, *seg in ground_truth: by_video[v][0].append(tuple(seg))
+    for v, *seg in predictions: by_video[v][1].append(tuple(seg))
+    errors, matched, total = [], 0, 0
+    for truth, pred in by_video.values():
+        if not truth: continue
+        b = boundary_errors(truth, pred, min_iou)
+        errors += [abs(m[k]) for m in b['matched'] for k in ('start_error', 'end_error')]
+        matched, total = matched + len(b['matched']), total + len(truth)
+    return {'boundary error': float(np.median(errors)) if errors else math.nan,
+            'boundary recall': round(matched / total, 4) if total else math.nan}
+
 # %% ../nbs/16_tables.ipynb #0127ab87
 def run_cell(cell:dict, encoder:Path|None, out:Path, dataset:str='synthetic', preset:str='tiny', device=None) -> dict:
     "One cell: the localization run of its column from its row's encoder; the cell with its metrics and time."
@@ -216,7 +235,7 @@ def run_cell(cell:dict, encoder:Path|None, out:Path, dataset:str='synthetic', pr
                          out_dir=Path(out)/'runs'/cell_key(cell), seed=cell['seed'], progress=False, device=device,
                          backbone_options=p['backbone_options'] if encoder is None else None, **{**p['finetune'], **spec['finetune']})
     return {**cell, 'dataset': dataset, 'preset': preset, **{k: v for k, v in r['row'].items() if k.startswith(('mAP', 'acc', 'edit', 'f1'))},
-            'seconds': round(time.time() - t0, 1)}
+            **boundary_summary(r['result']['predictions'], r['result']['ground_truth']), 'seconds': round(time.time() - t0, 1)}
 
 def _run_group(cells:list, out:Path, work:Path, dataset:str, preset:str, device, threads:int|None=None, progress=None) -> list:
     "Make one row's encoder for one seed (in `work`), then run its cells and write their results to `out/cells` (a worker's task)."
@@ -317,6 +336,25 @@ def write_table(table:'pd.DataFrame', path:str|Path, # path without suffix: writ
     if hasattr(flat.columns, 'levels'): flat.columns = [' '.join(map(str, c)) if isinstance(c, tuple) else str(c) for c in flat.columns]
     return [write_atomic(path.with_suffix('.csv'), flat.to_csv()), write_atomic(path.with_suffix('.md'), flat.to_markdown() + '\n'),
             write_atomic(path.with_suffix('.html'), flat.to_html())]
+
+# %% ../nbs/16_tables.ipynb #b93a5b6b
+def snippet_variance(backbone, # a `SkeletonBackbone`
+                     recordings, # `Sequence`s, or a corpus view
+                     window:int=100, t_grid:int=8, # the snippet grid of `recording_features`
+                     device=None) -> dict: # within, between, total (per frame), within share
+    "Within-snippet and between-snippet variance of frame features, over recordings."
+    from snipnb.protocols import recording_features
+    within = between = frames = 0.
+    for seq in recordings:
+        f, snip = recording_features(backbone, seq, window, t_grid, device)
+        f = f.astype(np.float64)
+        counts = np.bincount(snip)[:, None]
+        means = np.zeros((snip.max() + 1, f.shape[1])); np.add.at(means, snip, f)
+        means = means / np.maximum(counts, 1)
+        within += ((f - means[snip]) ** 2).sum(); between += ((means[snip] - f.mean(0)) ** 2).sum(); frames += len(f)
+    total = within + between
+    return {'within': within / frames, 'between': between / frames, 'total': total / frames,
+            'within share': within / total if total else math.nan}
 
 # %% ../nbs/16_tables.ipynb #d45b0f54
 def build_table(table:str='babel', preset:str='cpu', dataset:str='synthetic', rows=None, columns=None, subsets=None, seeds=None,

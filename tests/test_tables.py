@@ -61,3 +61,16 @@ def test_table_tiny_through_papermill_and_resume(repo, tmp_path, table):
     last = cells.iloc[-1]
     done = json.loads((tmp_path/'res'/'cells'/f"{cell_key(dict(last))}.json").read_text())
     assert done['row'] == last['row'] and done['table'] == table
+
+def test_table_analyses_tiny_through_papermill(repo, tmp_path):
+    "Table 4 with the tiny preset: boundary errors per fine-tuned row, the snippet-variance split per encoder."
+    env = {'SNIPNB_CACHE_DIR': str(tmp_path/'cache'), 'SNIPNB_OUTPUT_DIR': str(tmp_path/'outputs')}
+    run_tool('papermill', str(repo/'nbs'/'table_analyses.ipynb'), str(tmp_path/'a.ipynb'), '-p', 'preset', 'tiny', '-p', 'recordings', '2',
+             '-p', 'rows', 'floor,scratch,rvtclr,rvtclr+snippet,ceiling', '-p', 'out_dir', str(tmp_path/'res'),
+             '-p', 'table1_dir', str(tmp_path/'t1'), '-p', 'device', 'cpu', '-p', 'progress', 'False', cwd=tmp_path, env=env)
+    b = pd.read_csv(tmp_path/'res'/'boundaries.csv', index_col=0)
+    assert list(b.index) == ['scratch', 'rvtclr', 'rvtclr+snippet', 'ceiling']           # the rows with a fine-tuning cell
+    assert list(b.columns) == ['boundary error 1 finetune', 'boundary recall 1 finetune']
+    v = pd.read_csv(tmp_path/'res'/'snippet_variance.csv', index_col=0)
+    assert list(v.index) == ['floor', 'rvtclr', 'rvtclr+snippet', 'ceiling']
+    assert v['within share mean'].between(0, 1).all()
