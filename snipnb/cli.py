@@ -15,8 +15,8 @@ from .train import TrainConfig, is_main_process
 from .experiments import pretrain, fit_localizer, run_localization
 
 # %% auto #0
-__all__ = ['SIZE', 'COMMANDS', 'Option', 'Command', 'get_command', 'command_options', 'option_value', 'command_kwargs',
-           'command_parser', 'cli_arguments', 'run_command', 'main', 'fit_localizer_main']
+__all__ = ['SIZE', 'COMMANDS', 'SYNTHETIC_ONLY', 'Option', 'Command', 'get_command', 'command_options', 'option_value',
+           'command_kwargs', 'command_parser', 'cli_arguments', 'run_command', 'main', 'fit_localizer_main']
 
 # %% ../nbs/15_cli.ipynb #98a24fed
 @dataclass
@@ -41,16 +41,18 @@ class Command:
     shortcuts:dict      # name: (dictionary option, type, documentation)
     fallback:str        # what an unset training option takes
     description:str
+    report:Callable     # what to print of the run's result
 
 SIZE = ('corpus_options', str, "synthetic corpus size: 'quick', 'default' or a number of recordings (other datasets: ignored)")
 COMMANDS = {
     'pretrain': Command('snipnb-pretrain', pretrain, pretrain, {'size': SIZE, 'queue_size': ('pretext_options', int, 'MoCo queue length')},
                         "the preset's", "Self-supervised pretraining (snipnb). An option left out is not set: pretrain's "
-                                        "default or the preset's applies."),
+                                        "default or the preset's applies.", lambda tr: f"checkpoint: {tr.checkpoint_path}"),
     'fit-localizer': Command('snipnb-fit-localizer', fit_localizer, run_localization, {'size': SIZE}, "the fine-tuning recipe's",
                              "Train a localizer with one protocol, evaluate it and write predictions.csv, metrics.json and "
                              "metrics.csv to its run folder (snipnb). An option left out is not set: fit_localizer's "
-                             "default or the official fine-tuning recipe applies.")}
+                             "default or the official fine-tuning recipe applies.",
+                             lambda r: f"results: {r['out_dir']}\n" + json.dumps(r['row'], indent=1))}
 
 def get_command(command:str) -> Command:
     "A command by name (`COMMANDS`)."
@@ -91,12 +93,12 @@ def option_value(o:Option, v):
         raise ValueError(f"{o.name}: expected {'a JSON object' if o.kind is dict else o.kind.__name__}, got {v!r} ({e})") from None
 
 # %% ../nbs/15_cli.ipynb #990eb629
+SYNTHETIC_ONLY = ('size', 'subset')   # options of the synthetic data, dropped for other datasets
+
 def _fold(kw:dict, name:str, target:str):
     "Move shortcut `name` from `kw` into its dictionary option `target`."
     v = kw.pop(name)
-    if name == 'size':
-        if kw.get('dataset', 'synthetic').split('+')[0] != 'synthetic': return
-        v = _number(v) if v.isdigit() else v
+    if name == 'size' and v.isdigit(): v = _number(v)
     d = dict(kw.get(target) or {})
     if name in d and d[name] != v: raise ValueError(f"{name} given twice: {v!r} and {d[name]!r} in {target}")
     kw[target] = {**d, name: v}
@@ -106,9 +108,10 @@ def command_kwargs(command:str='pretrain', **options) -> dict:
     known, shortcuts = command_options(command), get_command(command).shortcuts
     if unknown := set(options) - set(known): raise TypeError(f"unknown {command} options: {', '.join(sorted(unknown))}")
     kw = {k: option_value(known[k], v) for k, v in options.items() if v is not None}
+    if kw.get('dataset', 'synthetic').split('+')[0] != 'synthetic':
+        for k in SYNTHETIC_ONLY: kw.pop(k, None)
     for k, (target, *_) in shortcuts.items():
         if k in kw: _fold(kw, k, target)
-    if 'subset' in kw and kw.get('dataset', 'synthetic').split('+')[0] != 'synthetic': del kw['subset']   # the synthetic data's only
     return kw
 
 # %% ../nbs/15_cli.ipynb #e296c7d2
@@ -151,9 +154,7 @@ def run_command(command:str, argv:list[str]|None=None, # flags; None: `sys.argv[
     try: kw = command_kwargs(command, **vars(parser.parse_args(argv)))
     except (TypeError, ValueError) as e: parser.error(str(e))
     out = get_command(command).run(**kw)
-    if is_main_process():
-        if command == 'pretrain': print(f"checkpoint: {out.checkpoint_path}")
-        else: print(f"results: {out['out_dir']}\n" + json.dumps(out['row'], indent=1))
+    if is_main_process(): print(get_command(command).report(out))
     if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
     return out
 

@@ -24,9 +24,9 @@ from .protocols import (PROTOCOLS, SELECTIONS, DECODERS, SelectingTrainer, build
 # %% auto #0
 __all__ = ['FINETUNE_RECIPE', 'NO_FUSION_LR', 'RUN_KINDS', 'short_schedule', 'localize_recipe', 'run_name', 'run_dir',
            'pretrain_config', 'pretrain_corpus', 'pretrain_batches', 'pretrain', 'check_localize_options',
-           'localize_splits', 'eval_split', 'padding_share', 'warn_long_clips', 'localizer_step', 'localize_batches',
-           'fit_knn', 'train_localizer', 'fit_localizer', 'evaluate', 'metric_table', 'write_results',
-           'run_localization']
+           'localize_splits', 'eval_split', 'padding_share', 'warn_long_clips', 'localizer_step', 'clip_stride',
+           'localize_batches', 'fit_knn', 'train_localizer', 'fit_localizer', 'evaluate', 'metric_table',
+           'write_results', 'run_localization']
 
 # %% ../nbs/14_experiments.ipynb #9f74cb7e
 FINETUNE_RECIPE = dict(optimizer='adam', lr=1e-4, weight_decay=1e-4, batch_size=8, epochs=40, steps=(30, 35),
@@ -201,6 +201,10 @@ def localizer_step(model, batch:dict, epoch:int, g) -> dict:
     "One supervised step: per-frame cross-entropy."
     return {'loss': frame_loss(model(batch['x']), batch['y'])}
 
+def clip_stride(cfg:TrainConfig) -> int:
+    "Frames between a localizer's training clips: `cfg.stride`, else half a clip (half-overlapping windows)."
+    return cfg.stride or max(1, cfg.clip_len // 2)
+
 def localize_batches(train:Corpus, cfg:TrainConfig, device=None,
                      padding_label:int=-1, # whole sequences: label of padded frames (-1: ignored)
                     ) -> tuple: # (data(epoch, skip, shard) for `Trainer`, steps per epoch)
@@ -210,7 +214,7 @@ def localize_batches(train:Corpus, cfg:TrainConfig, device=None,
             return sequence_batches(train, cfg.batch_size, shuffle=True, seed=cfg.seed * 7919 + epoch, device=device,
                                     shard=shard, skip=skip, padding_label=padding_label)
         return data, math.ceil(len(train) / cfg.batch_size)
-    stride = cfg.stride or max(1, cfg.clip_len // 2)
+    stride = clip_stride(cfg)
     def data(epoch, skip, shard):
         return train.batches(cfg.clip_len, cfg.batch_size, stride, shuffle=True, seed=cfg.seed * 7919 + epoch,
                              device=device, shard=shard, skip=skip)
@@ -220,7 +224,7 @@ def localize_batches(train:Corpus, cfg:TrainConfig, device=None,
 def fit_knn(model:nn.Module, train:Corpus, cfg:TrainConfig, device, out_dir:Path, model_config:dict) -> nn.Module:
     "Fill a kNN probe's memory bank with the training frames; save it as out_dir/last.pt."
     bank = (sequence_batches(train, cfg.batch_size, shuffle=False, device=device) if cfg.clip_len is None else
-            train.batches(cfg.clip_len, 32, cfg.stride or max(1, cfg.clip_len // 2), shuffle=False, device=device))
+            train.batches(cfg.clip_len, 32, clip_stride(cfg), shuffle=False, device=device))
     model.to(device).fit(bank, seed=cfg.seed)
     save_checkpoint(out_dir/'last.pt', {'model': model.state_dict(), 'model_config': model_config, 'epoch': 0})
     model.selection = selection_record('final', 0)
@@ -296,7 +300,7 @@ def fit_localizer(dataset:str='synthetic', # a load_corpus name: 'synthetic', 'b
     model.out_dir = out_dir = run_dir('localize', dataset, out_dir, protocol=protocol, ufusion=ufusion,
                                       label_fraction=label_fraction, select=select, whole=whole)
     device = get_device(cfg.device)
-    if not whole: warn_long_clips(train, cfg.clip_len, cfg.stride or max(1, cfg.clip_len // 2))
+    if not whole: warn_long_clips(train, cfg.clip_len, clip_stride(cfg))
     if protocol == 'knn': return fit_knn(model, train, cfg, device, out_dir, model.run_config), None, test
     trainer = train_localizer(model, train, val if select == 'best_val' else test, cfg, out_dir, select, decoding,
                               padding_label, resume, override, progress)

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from .config import get_setting
 from .fileio import write_atomic
 from .datasets import load_corpus
-from .train import save_checkpoint
+from .train import save_checkpoint, load_checkpoint
 from .experiments import pretrain, run_localization, fit_localizer
 if TYPE_CHECKING: import pandas as pd   # imported where used: `import snipnb` needs no pandas
 
@@ -156,11 +156,18 @@ def cell_key(cell:dict) -> str:
 
 # %% ../nbs/16_tables.ipynb #5d5301de
 def _finished(ck:Path, epochs:int|None) -> bool:
-    "Whether checkpoint `ck` exists and holds its run's last epoch."
+    "Whether checkpoint `ck` holds `epochs` epochs (None: the last epoch of its own run); a preset with more epochs trains on."
     if not ck.exists(): return False
-    from snipnb.train import load_checkpoint
     s = load_checkpoint(ck)
-    return epochs is None or s.get('epoch') == (s.get('train_config') or {}).get('epochs', epochs)
+    return s.get('epoch') == (epochs if epochs is not None else (s.get('train_config') or {}).get('epochs'))
+
+def _corpus_options(p:dict, dataset:str) -> dict|None:
+    "The preset's corpus size, for the synthetic data only."
+    return {'size': p['size']} if dataset == 'synthetic' else None
+
+def _backbone(p:dict) -> str:
+    "The backbone of a row without a pretext preset to say it: the preset's, else the official 2s-AGCN."
+    return p['backbone'] or 'agcn'
 
 def random_encoder(path:Path, dataset:str, backbone:str='stgcn16', seed:int=0, corpus_options:dict|None=None,
                    backbone_options:dict|None=None) -> Path:
@@ -192,15 +199,15 @@ def row_encoder(spec:dict, seed:int, work:Path, dataset:str='synthetic', preset:
     kind, name = spec['encoder'], encoder_name(spec)
     if kind == 'none': return None
     p, folder = table_preset(preset), Path(work)/'encoders'/f'{name}-seed{seed}'
-    ck, corpus = folder/'last.pt', {'size': p['size']} if dataset == 'synthetic' else None
+    ck, corpus = folder/'last.pt', _corpus_options(p, dataset)
     if kind == 'random':
-        if not ck.exists(): random_encoder(ck, dataset, p['backbone'] or 'agcn', seed, corpus, p['backbone_options'])
+        if not ck.exists(): random_encoder(ck, dataset, _backbone(p), seed, corpus, p['backbone_options'])
     elif kind == 'pretext' and not _finished(ck, p['pretrain'].get('epochs')):
         pretrain(dataset, spec['method'], p['backbone'], snippet=spec['snippet'], preset=p['pretrain_preset'], out_dir=folder,
                  resume=ck.exists(), corpus_options=corpus, backbone_options=p['backbone_options'], progress=False, seed=seed,
                  device=device, **_pretrain_options(p, spec))
     elif kind == 'supervised' and not _finished(ck, p['supervised'].get('epochs')):
-        fit_localizer(dataset, protocol='scratch', backbone=p['backbone'] or 'agcn', train_split='pretrain', corpus_options=corpus,
+        fit_localizer(dataset, protocol='scratch', backbone=_backbone(p), train_split='pretrain', corpus_options=corpus,
                       out_dir=folder, resume=ck.exists(), progress=False, seed=seed, device=device,
                       backbone_options=p['backbone_options'], **{**p['finetune'], **p['supervised']})
     return ck
@@ -229,9 +236,9 @@ def run_cell(cell:dict, encoder:Path|None, out:Path, dataset:str='synthetic', pr
     p, t0 = table_preset(preset), time.time()
     spec = get_table(cell['table'])[0][cell['row']]
     protocol = 'scratch' if encoder is None else cell['protocol']
-    r = run_localization(dataset=dataset, checkpoint=encoder, protocol=protocol, backbone=p['backbone'] or 'agcn',
+    r = run_localization(dataset=dataset, checkpoint=encoder, protocol=protocol, backbone=_backbone(p),
                          subset=cell['subset'] if dataset == 'synthetic' else None, label_fraction=cell['label_fraction'],
-                         label_seed=cell['seed'], corpus_options={'size': p['size']} if dataset == 'synthetic' else None,
+                         label_seed=cell['seed'], corpus_options=_corpus_options(p, dataset),
                          out_dir=Path(out)/'runs'/cell_key(cell), seed=cell['seed'], progress=False, device=device,
                          backbone_options=p['backbone_options'] if encoder is None else None, **{**p['finetune'], **spec['finetune']})
     return {**cell, 'dataset': dataset, 'preset': preset, **{k: v for k, v in r['row'].items() if k.startswith(('mAP', 'acc', 'edit', 'f1'))},
@@ -277,11 +284,9 @@ def run_table(cells:list, out:str|Path, # the results: out/cells/<key>.json
 
 # %% ../nbs/16_tables.ipynb #ee9f920b
 def table_frame(results:list) -> 'pd.DataFrame':
-    "The cell results as a DataFrame (one row per cell and seed); results written before tables had names are table 1's."
+    "The cell results as a DataFrame (one row per cell and seed)."
     import pandas as pd
-    df = pd.DataFrame(results)
-    if 'table' not in df: df['table'] = 'babel'
-    return df.fillna({'table': 'babel'})
+    return pd.DataFrame(results)
 
 def baseline_tests(df:'pd.DataFrame', metric:str='mAP avg') -> 'pd.DataFrame':
     "Paired tests (over seeds) of every row that names a baseline against it, per subset and column; Holm-adjusted."
