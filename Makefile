@@ -60,7 +60,7 @@ test: install-dev chromium
 	$(BIN)/nbdev-test
 	$(PYTHON) -m pytest tests/
 
-# The results tables: nbs/table_$(TABLE).ipynb (babel, ablations, analyses) with a preset of snipnb.tables.TABLE_PRESETS ('tiny', 'cpu', 'gpu',
+# The results tables: nbs/table_$(TABLE).ipynb (babel, transfer, ablations, analyses, pkummd) with a preset of snipnb.tables.TABLE_PRESETS ('tiny', 'cpu', 'gpu',
 # 'paper'); finished cells (results/table_$(TABLE)/$(PRESET)/cells/) are skipped, so an interrupted table resumes.
 TABLE ?= babel
 PRESET ?= cpu

@@ -7,7 +7,7 @@ Docs: https://snipnb.github.io/snipnb/datasets.html.md"""
 # %% ../nbs/04_datasets.ipynb #c6350b5e
 from __future__ import annotations
 import errno, hashlib, json, os, shutil, time, uuid, warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 import numpy as np
@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from . import formats as F
 from .config import get_setting, get_settings
 from .fileio import remove_stale, writer_lock, no_space
-from .skeleton import Sequence, labels_to_segments, normalize_skeleton
+from .skeleton import Sequence, labels_to_segments, normalize_skeleton, resample_sequence
 
 # %% auto #0
 __all__ = ['CACHE_VERSION', 'DATASET_NAMES', 'NTU60_XSUB_TRAIN', 'NTU120_XSUB_TRAIN', 'NpyAppender', 'cache_key',
@@ -621,7 +621,9 @@ def _find_dir(root:Path, name:str) -> Path|None:
 # %% ../nbs/04_datasets.ipynb #5bf98e70
 def pkummd_source(root=None, # the PKU-MMD folder (default: the `pkummd_root` setting)
                   benchmark:str='xsub', # 'xsub' (cross-subject) or 'xview' (cross-view)
-                  normalize:bool=True) -> Source:
+                  normalize:bool=True,
+                  fps:float|None=None, # resample to this rate (None: the recorded 30 fps); the tables' CPU preset uses 15
+                 ) -> Source:
     "PKU-MMD phase 1: untrimmed recordings with frame labels, official cross-subject / cross-view splits."
     root = Path(get_settings().dataset_root('pkummd') if root is None else root)
     split_name = {'xsub': 'cross-subject.txt', 'xview': 'cross-view.txt'}.get(benchmark)
@@ -640,11 +642,12 @@ def pkummd_source(root=None, # the PKU-MMD folder (default: the `pkummd_root` se
     def read(item):
         v, s = item
         seq = prepare(F.read_pkummd(skel_dir/f'{v}.txt', label_dir/f'{v}.txt'), normalize)
+        if fps: seq = resample_sequence(seq, fps)
         seq.meta['split'] = s
         return seq
     files = [d/f'{v}.txt' for v, _ in present for d in (skel_dir, label_dir)]
     return Source('pkummd', ('background', *F.PKUMMD_CLASSES), present, read,
-                  {'benchmark': benchmark, 'normalize': normalize}, files_fingerprint(files + split_files[:1]), num_persons=2)
+                  {'benchmark': benchmark, 'normalize': normalize, **({'fps': fps} if fps else {})}, files_fingerprint(files + split_files[:1]), num_persons=2)
 
 # %% ../nbs/04_datasets.ipynb #59bde578
 def _amass_candidates(amass_root:Path, feat_p:str) -> list:
@@ -704,15 +707,25 @@ def babel_source(name:str='babel', # 'babel' (whole set) or 'babel1', 'babel2', 
 
 # %% ../nbs/04_datasets.ipynb #cf63e632
 def synthetic_source(size='default', # 'quick', 'default' or a number of recordings
-                     seed:int=0, difficulty='medium', normalize:bool=True) -> Source:
+                     seed:int=0, difficulty='medium', normalize:bool=True,
+                     domain:str|None=None, # a `synthetic.SYNTHETIC_DOMAINS` name (its seed is added to `seed`); None: the benchmark
+                     benchmark:str='xsub', # 'xsub': splits by subject; 'xview': also the test split filmed from 90 degrees further round
+                    ) -> Source:
     "The embedded synthetic benchmark: generated deterministically, no download."
     from snipnb import synthetic as S
+    if benchmark not in ('xsub', 'xview'): raise ValueError(f"unknown synthetic benchmark {benchmark!r}; use 'xsub' or 'xview'")
     config = S.SyntheticConfig.from_difficulty(difficulty)
+    if domain is not None:
+        offset, config = S.synthetic_domain(domain, difficulty)
+        seed = seed + offset
+    test_config = replace(config, camera_yaw_center_deg=config.camera_yaw_center_deg + 90) if benchmark == 'xview' else config
     def read(item):
         index, subject, split, anchors = item
-        return prepare(S.synthetic_recording(index, subject, split, seed, config, anchors), normalize)
-    return Source('synthetic', S.SYNTHETIC_CLASSES, S.synthetic_plan(size), read,
-                  {'size': size, 'seed': seed, 'difficulty': difficulty, 'normalize': normalize},
+        return prepare(S.synthetic_recording(index, subject, split, seed, test_config if split == 'test' else config, anchors), normalize)
+    settings = {'size': size, 'seed': seed, 'difficulty': difficulty, 'normalize': normalize}
+    if domain is not None: settings['domain'] = domain
+    if benchmark != 'xsub': settings['benchmark'] = benchmark
+    return Source('synthetic', S.SYNTHETIC_CLASSES, S.synthetic_plan(size), read, settings,
                   {'generator': S.GENERATOR_VERSION}, num_persons=1)
 
 # %% ../nbs/04_datasets.ipynb #aa7ca16d

@@ -16,7 +16,7 @@ __all__ = ['NTU_JOINTS', 'NTU_BONES_1BASED', 'NTU_PAIRS_1BASED', 'NTU25', 'COCO_
            'LAYOUTS', 'LAYOUT_BY_JOINTS', 'SMPLH_TO_NTU25', 'SMPLH52_TIP_FALLBACK', 'Layout', 'hop_distance',
            'orient_bones', 'smpl_layout', 'get_layout', 'resolve_layout', 'smplh_to_ntu25', 'normalize_digraph',
            'Graph', 'labels_to_segments', 'segments_to_labels', 'Sequence', 'rotation_matrix', 'normalize_skeleton',
-           'drop_empty_frames', 'resample_time', 'resample_joints']
+           'drop_empty_frames', 'resample_time', 'resample_joints', 'resample_sequence']
 
 # %% ../nbs/01_skeleton.ipynb #9e13b679
 @dataclass(frozen=True)
@@ -368,3 +368,19 @@ def resample_joints(joints:np.ndarray, # (T, ...) any trailing shape
     lo = np.floor(pos).astype(int); hi = np.minimum(lo + 1, len(joints) - 1)
     w = (pos - lo).reshape(-1, *([1] * (joints.ndim - 1)))
     return ((1 - w) * joints[lo] + w * joints[hi]).astype(np.float32)
+
+# %% ../nbs/01_skeleton.ipynb #a1f3c0de
+def resample_sequence(seq:Sequence, fps:float) -> Sequence:
+    "The recording at `fps`: joints interpolated, labels from the nearest source frame, segments over the frames that map into them."
+    if not (np.isfinite(fps) and fps > 0): raise ValueError(f"{seq.name or 'Sequence'}: fps must be a positive number, got {fps!r}")
+    if fps == seq.fps: return seq
+    joints = resample_joints(seq.joints, seq.fps, fps)
+    src = np.rint(resample_time(seq.num_frames, seq.fps, fps)).astype(int)     # the nearest source frame of each new frame
+    labels = None if seq.labels is None else seq.labels[src]
+    segments = []
+    for l, s, e in seq.segments:                                                  # new frames whose source frame is in [s, e)
+        a, b = (int(i) for i in np.searchsorted(src, [s, e]))
+        a = min(a, len(src) - 1)
+        segments.append((l, a, max(b, a + 1)))                                    # a segment keeps at least one frame
+    return Sequence(joints, fps=fps, labels=labels, segments=segments, name=seq.name, layout=seq.layout,
+                    class_names=seq.class_names, meta={**seq.meta, 'source_fps': float(seq.fps)})

@@ -16,10 +16,10 @@ from .skeleton import NTU25, Sequence, labels_to_segments, segments_to_labels
 __all__ = ['SYNTHETIC_CLASSES', 'SYNTHETIC_ACTIONS', 'SYNTHETIC_SUBSETS', 'CONFUSABLE_PAIRS', 'DIFFICULTY_LEVELS', 'FK_PARENTS',
            'FK_ORDER', 'FK_INNER', 'ANKLE_HEIGHT', 'MOTION_SHAPES', 'PRIMITIVES', 'TYPICAL_SECONDS',
            'MIN_SEGMENT_FRAMES', 'DROPOUT_GROUPS', 'MIN_DEPTH', 'SYNTHETIC_SIZES', 'RECORDINGS_PER_SUBJECT',
-           'GENERATOR_VERSION', 'SyntheticConfig', 'Body', 'make_body', 'euler_matrix', 'forward_kinematics', 'still',
-           'Style', 'plan_recording', 'blend_motions', 'pose_motion', 'camera_transform', 'sensor',
-           'synthetic_recording', 'bone_lengths', 'synthetic_split_sizes', 'synthetic_subjects', 'anchor_classes',
-           'synthetic_plan', 'make_synthetic']
+           'GENERATOR_VERSION', 'SUBSET3_ACTIONS', 'SYNTHETIC_DOMAINS', 'SyntheticConfig', 'Body', 'make_body',
+           'euler_matrix', 'forward_kinematics', 'still', 'Style', 'plan_recording', 'blend_motions', 'pose_motion',
+           'camera_transform', 'sensor', 'synthetic_recording', 'bone_lengths', 'synthetic_split_sizes',
+           'synthetic_subjects', 'anchor_classes', 'synthetic_plan', 'synthetic_domain', 'make_synthetic']
 
 # %% ../nbs/03_synthetic.ipynb #09b3a6be
 SYNTHETIC_CLASSES = ('background', 'walk', 'jog', 'stand', 'turn', 'jump', 'sit down', 'stand up', 'kick', 'wave',
@@ -50,7 +50,8 @@ class SyntheticConfig:
     transition_s: float = 0.8          # mean blend window between consecutive segments, seconds
     speed_var: float = 0.175           # log-std of an action's tempo
     amplitude_var: float = 0.175       # log-std of an action's range of motion
-    camera_yaw_deg: float = 45.0       # camera yaw uniform in +-this around the subject's initial facing
+    camera_yaw_deg: float = 45.0       # camera yaw uniform in +-this around the subject's initial facing (turned by the centre below)
+    camera_yaw_center_deg: float = 0.0 # centre of the camera yaw: 0 faces the subject, 90 films it from its side
     camera_elevation_deg: float = 15.0 # camera tilt uniform in [0, this]
     camera_shift: float = 0.5          # camera offset uniform in +-this, metres (x and y)
     background_fraction: float = 0.25  # expected fraction of background frames
@@ -61,6 +62,7 @@ class SyntheticConfig:
     fps: float = 30.0
     frames: tuple = (300, 1000)        # shortest and longest recording, frames
     actions: tuple = (3, 8)            # fewest and most actions per recording
+    action_set: tuple = ()             # the action classes performed (empty: every class); a domain's class set
 
 # %% ../nbs/03_synthetic.ipynb #63e4a0cf
 @patch(cls_method=True)
@@ -456,16 +458,19 @@ TYPICAL_SECONDS = {'walk': 5, 'jog': 4, 'stand': 3, 'turn': 2.5, 'jump': 3, 'sit
 MIN_SEGMENT_FRAMES = 15
 _PAIR = ('sit down', 'stand up')   # always together and in this order
 
-def _action_units(rng:np.random.Generator, n:int, anchors:tuple=()) -> list:
+def _action_units(rng:np.random.Generator, n:int, anchors:tuple=(),
+                  actions:tuple=SYNTHETIC_ACTIONS) -> list:  # the classes drawn from (anchors outside them are dropped)
     "At least `n` actions as units in random order: the anchors, then random classes; 'sit down' comes with 'stand up'."
     units = []
     for a in anchors:
+        if a not in actions: continue
         unit = _PAIR if a in _PAIR else (a,)
         if unit not in units: units.append(unit)
-    singles = [a for a in SYNTHETIC_ACTIONS if a not in _PAIR]
+    singles = [a for a in actions if a not in _PAIR]
+    pair = all(a in actions for a in _PAIR)
     count = sum(map(len, units))
     while count < n:   # the pair with probability 1/(K-1) per draw gives every class the same expected share
-        if n - count >= 2 and rng.random() < 1 / (len(SYNTHETIC_ACTIONS) - 1): unit = _PAIR
+        if pair and n - count >= 2 and rng.random() < 1 / (len(actions) - 1): unit = _PAIR
         else: unit = (singles[rng.integers(len(singles))],)
         units.append(unit); count += len(unit)
     return [units[i] for i in rng.permutation(len(units))]
@@ -505,7 +510,7 @@ def plan_recording(rng:np.random.Generator, # the recording's own random stream
     cfg = config or SyntheticConfig()
     T = int(rng.integers(cfg.frames[0], cfg.frames[1] + 1))
     n = int(rng.integers(cfg.actions[0], max(cfg.actions[0], min(cfg.actions[1], T // 45)) + 1))
-    kinds = _with_background(rng, _action_units(rng, n, anchors), cfg.background_fraction)
+    kinds = _with_background(rng, _action_units(rng, n, anchors, cfg.action_set or SYNTHETIC_ACTIONS), cfg.background_fraction)
     return _share_frames(rng, kinds, T)
 
 # %% ../nbs/03_synthetic.ipynb #15d40fc2
@@ -612,7 +617,7 @@ def _blend_windows(rng:np.random.Generator, cfg:SyntheticConfig, plan:list) -> l
 # %% ../nbs/03_synthetic.ipynb #40f9214e
 def _camera(rng:np.random.Generator, cfg:SyntheticConfig) -> dict:
     "A random camera placement: the keyword arguments of `camera_transform`."
-    return dict(yaw=float(_deg(rng.uniform(-1, 1) * cfg.camera_yaw_deg)), elevation=float(_deg(rng.uniform(0, cfg.camera_elevation_deg))),
+    return dict(yaw=float(_deg(cfg.camera_yaw_center_deg + rng.uniform(-1, 1) * cfg.camera_yaw_deg)), elevation=float(_deg(rng.uniform(0, cfg.camera_elevation_deg))),
                 distance=float(rng.uniform(2.5, 4.0)), height=float(rng.uniform(0.7, 1.3)),
                 shift=tuple(float(v) for v in rng.uniform(-1, 1, 2) * cfg.camera_shift))
 
@@ -704,6 +709,18 @@ def synthetic_plan(size:str|int='default', # 'quick' (40 recordings), 'default' 
     for split, n in sizes.items():
         for i in range(n): plan.append((len(plan), subjects[split][i % len(subjects[split])], split, anchor_classes(i)))
     return plan
+
+# %% ../nbs/03_synthetic.ipynb #d0a1b2c3
+SUBSET3_ACTIONS = SYNTHETIC_SUBSETS[3]
+SYNTHETIC_DOMAINS = {   # name -> (benchmark seed, SyntheticConfig changes)
+    'source': (0, dict(action_set=tuple(a for a in SYNTHETIC_ACTIONS if a not in SUBSET3_ACTIONS))),
+    'target': (1, dict(camera_yaw_center_deg=60.0, camera_elevation_deg=35.0))}
+
+def synthetic_domain(name:str, difficulty='medium') -> tuple:
+    "(seed, SyntheticConfig) of a named domain (`SYNTHETIC_DOMAINS`)."
+    if name not in SYNTHETIC_DOMAINS: raise ValueError(f"unknown synthetic domain {name!r}; use one of {list(SYNTHETIC_DOMAINS)}")
+    seed, changes = SYNTHETIC_DOMAINS[name]
+    return seed, SyntheticConfig.from_difficulty(difficulty, **changes)
 
 # %% ../nbs/03_synthetic.ipynb #9963ec3d
 def make_synthetic(size:str|int='default', # 'quick' (40 recordings), 'default' (3000) or a total count

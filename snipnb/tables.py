@@ -15,17 +15,20 @@ import torch
 from tqdm.auto import tqdm
 from .config import get_setting
 from .fileio import write_atomic
+from .formats import PKUMMD_CLASSES
 from .datasets import load_corpus
 from .train import save_checkpoint, load_checkpoint
 from .experiments import pretrain, run_localization, fit_localizer
 if TYPE_CHECKING: import pandas as pd   # imported where used: `import snipnb` needs no pandas
 
 # %% auto #0
-__all__ = ['ENCODERS', 'PRETEXT_METHODS', 'BABEL_COLUMNS', 'BABEL_ROWS', 'ABLATION_COLUMNS', 'ABLATION_ROWS', 'TABLES',
-           'TABLE_PRESETS', 'paired_test', 'holm', 'table_row', 'get_table', 'row_columns', 'table_preset',
-           'table_cells', 'cell_key', 'random_encoder', 'encoder_name', 'row_encoder', 'boundary_summary', 'run_cell',
-           'run_table', 'table_frame', 'baseline_tests', 'summary_table', 'table_figure', 'write_table',
-           'snippet_variance', 'build_table']
+__all__ = ['ENCODERS', 'PRETEXT_METHODS', 'BABEL_COLUMNS', 'BABEL_ROWS', 'ABLATION_COLUMNS', 'ABLATION_ROWS', 'TRANSFER_COLUMNS',
+           'TRANSFER_METHODS', 'TRANSFER_ROWS', 'PKUMMD_COLUMNS', 'PKUMMD_ROWS', 'TABLES', 'TABLE_DATASETS',
+           'TABLE_PRESETS', 'TABLE_PRESET_CHANGES', 'paired_test', 'holm', 'table_row', 'get_table', 'row_columns',
+           'table_preset', 'table_cells', 'cell_key', 'table_corpus_options', 'random_encoder', 'encoder_name',
+           'row_encoder', 'boundary_summary', 'official_metrics', 'run_cell', 'run_table', 'table_frame',
+           'baseline_tests', 'summary_table', 'table_figure', 'write_table', 'snippet_variance', 'run_label',
+           'build_table']
 
 # %% ../nbs/16_tables.ipynb #6c8f8db2
 def paired_test(a, b, # paired measurements (one per seed): a - b is tested
@@ -101,7 +104,17 @@ ABLATION_ROWS = {
     'frozen snippet-queue pointer': table_row(**_SNIPCLR, pretrain={'pretext_options': {'frozen_snippet_pointer': True}}),
     'asymmetric views': table_row(**_SNIPCLR, pretrain={'pretext_options': {'query_augment': 'strong'}})}
 
-TABLES = {'babel': (BABEL_ROWS, BABEL_COLUMNS), 'ablations': (ABLATION_ROWS, ABLATION_COLUMNS)}
+# %% ../nbs/16_tables.ipynb #c0a7e2b1
+TRANSFER_COLUMNS = {'xsub': ('finetune', 1.0, {'benchmark': 'xsub'}), 'xview': ('finetune', 1.0, {'benchmark': 'xview'})}
+TRANSFER_METHODS = ('skeletonclr', 'rvtclr')
+TRANSFER_ROWS = {'scratch': table_row('none'),
+                 **{m + s: table_row('pretext', m, bool(s), baseline=m if s else None) for m in TRANSFER_METHODS for s in ('', '+snippet')}}
+PKUMMD_COLUMNS = {'finetune': ('finetune', 1.0), 'finetune 20%': ('finetune', 0.2)}
+PKUMMD_ROWS = dict(TRANSFER_ROWS)
+
+TABLES = {'babel': (BABEL_ROWS, BABEL_COLUMNS), 'transfer': (TRANSFER_ROWS, TRANSFER_COLUMNS),
+          'ablations': (ABLATION_ROWS, ABLATION_COLUMNS), 'pkummd': (PKUMMD_ROWS, PKUMMD_COLUMNS)}
+TABLE_DATASETS = {'pkummd': 'pkummd'}          # a table's default target dataset (else 'synthetic')
 
 def get_table(name:str) -> tuple:
     "(rows, columns) of a table by name (`TABLES`)."
@@ -115,29 +128,46 @@ def row_columns(table:str, row:str) -> tuple:
     return tuple(rows[row]['columns'] or columns)
 
 # %% ../nbs/16_tables.ipynb #bafbe2fd
+_NO_CHANGES = dict(rows=None, # the rows a preset runs when none are asked for (None: all)
+                   corpus={}, source_corpus={})  # dataset name -> load_corpus options of the target / the pretraining data
 TABLE_PRESETS = {
     'tiny': dict(seeds=(0,), size='quick', subsets=(1,), backbone='stgcn16', pretrain_preset='light',
                  backbone_options={'channels': (4, 4, 4, 4, 8, 8, 8, 16, 16, 16)},   # narrow: the tests check bookkeeping
                  pretrain=dict(epochs=1, batch_size=8, clip_len=64, max_steps=2, pretext_options={'queue_size': 256}),
-                 finetune=dict(epochs=1, batch_size=8, clip_len=64, max_steps=2), supervised=dict(epochs=1, max_steps=2)),
+                 finetune=dict(epochs=1, batch_size=8, clip_len=64, max_steps=2), supervised=dict(epochs=1, max_steps=2), **_NO_CHANGES),
     'cpu': dict(seeds=(0, 1, 2), size='tables', subsets=(1,), backbone='stgcn16', pretrain_preset='light', backbone_options={},
                 pretrain=dict(epochs=2, batch_size=16, clip_len=100, max_steps=30, pretext_options={'queue_size': 1024}),
-                finetune=dict(epochs=4, batch_size=8, clip_len=100, lr=1e-3, max_steps=30), supervised=dict(epochs=4, max_steps=30)),
+                finetune=dict(epochs=4, batch_size=8, clip_len=100, lr=1e-3, max_steps=30), supervised=dict(epochs=4, max_steps=30), **_NO_CHANGES),
     'gpu': dict(seeds=(0, 1, 2), size='default', subsets=(1, 2, 3), backbone='stgcn16', pretrain_preset='light', backbone_options={},
                 pretrain=dict(epochs=20, batch_size=64, clip_len=100, pretext_options={'queue_size': 4096}),
-                finetune=dict(epochs=15, batch_size=16, clip_len=100, lr=1e-3), supervised=dict(epochs=15)),
+                finetune=dict(epochs=15, batch_size=16, clip_len=100, lr=1e-3), supervised=dict(epochs=15), **_NO_CHANGES),
     'paper': dict(seeds=(0, 1, 2), size='default', subsets=(1, 2, 3), backbone=None, pretrain_preset='official', backbone_options={},
-                  pretrain=dict(), finetune=dict(), supervised=dict())}
+                  pretrain=dict(), finetune=dict(), supervised=dict(), **_NO_CHANGES)}
 
-def table_preset(name:str) -> dict:
-    "A table preset by name (`TABLE_PRESETS`)."
+_PKUMMD_15FPS = {'pkummd': {'fps': 15}}
+TABLE_PRESET_CHANGES = {       # table -> preset -> what it changes
+    'transfer': {k: dict(corpus={'synthetic': {'domain': 'target'}}, source_corpus={'synthetic': {'domain': 'source'}},
+                         subsets=(3,),     # synthetic target: the four classes the source domain never performs
+                         rows=None if k in ('gpu', 'paper') else ('scratch', 'rvtclr', 'rvtclr+snippet'))
+                 for k in TABLE_PRESETS},
+    'pkummd': {
+        'tiny': dict(corpus=_PKUMMD_15FPS, source_corpus=_PKUMMD_15FPS),
+        'cpu': dict(corpus=_PKUMMD_15FPS, source_corpus=_PKUMMD_15FPS, rows=('scratch', 'rvtclr', 'rvtclr+snippet'),
+                    pretrain=dict(epochs=1, batch_size=16, clip_len=100, max_steps=40, pretext_options={'queue_size': 1024}),
+                    finetune=dict(epochs=2, batch_size=8, clip_len=100, stride=100, lr=1e-3, max_steps=80)),
+        'gpu': dict(corpus=_PKUMMD_15FPS, source_corpus=_PKUMMD_15FPS,
+                    pretrain=dict(epochs=30, batch_size=64, clip_len=100, pretext_options={'queue_size': 4096}),
+                    finetune=dict(epochs=20, batch_size=16, clip_len=100, lr=1e-3))}}
+
+def table_preset(name:str, table:str|None=None) -> dict:
+    "A table preset by name (`TABLE_PRESETS`), with what it changes for `table` (`TABLE_PRESET_CHANGES`)."
     if name not in TABLE_PRESETS: raise ValueError(f"unknown table preset {name!r}; use one of {list(TABLE_PRESETS)}")
-    return TABLE_PRESETS[name]
+    return {**TABLE_PRESETS[name], **TABLE_PRESET_CHANGES.get(table, {}).get(name, {})}
 
 # %% ../nbs/16_tables.ipynb #2e427780
 def table_cells(table:str='babel', rows=None, columns=None, # None: all of the table's
                 subsets=(1,), seeds=(0,)) -> list:
-    "Every cell of a table, in order: row, subset, column, seed."
+    "Every cell of a table, in order: row, subset, column, seed; a column's corpus options ride along."
     all_rows, all_columns = get_table(table)
     rows, columns = list(rows or all_rows), list(columns or all_columns)
     for r in rows:
@@ -145,7 +175,7 @@ def table_cells(table:str='babel', rows=None, columns=None, # None: all of the t
     for c in columns:
         if c not in all_columns: raise ValueError(f"unknown column {c!r} of table {table}; columns: {', '.join(all_columns)}")
     return [{'table': table, 'row': r, 'column': c, 'subset': int(s), 'seed': int(k), 'protocol': all_columns[c][0],
-             'label_fraction': all_columns[c][1]}
+             'label_fraction': all_columns[c][1], **({'corpus': dict(all_columns[c][2])} if len(all_columns[c]) > 2 else {})}
             for r in rows for s in subsets for c in columns if c in row_columns(table, r) for k in seeds]
 
 def _slug(name:str) -> str: return re.sub(r'[^A-Za-z0-9+.]+', '-', name).strip('-')
@@ -161,9 +191,11 @@ def _finished(ck:Path, epochs:int|None) -> bool:
     s = load_checkpoint(ck)
     return s.get('epoch') == (epochs if epochs is not None else (s.get('train_config') or {}).get('epochs'))
 
-def _corpus_options(p:dict, dataset:str) -> dict|None:
-    "The preset's corpus size, for the synthetic data only."
-    return {'size': p['size']} if dataset == 'synthetic' else None
+def table_corpus_options(p:dict, dataset:str, source:bool=False) -> dict|None:
+    "`load_corpus` options of a preset's target (or, `source`, pretraining) data: the synthetic size, the preset's own."
+    opts = {'size': p['size']} if dataset == 'synthetic' else {}
+    opts.update(p['source_corpus' if source else 'corpus'].get(dataset, {}))
+    return opts or None
 
 def _backbone(p:dict) -> str:
     "The backbone of a row without a pretext preset to say it: the preset's, else the official 2s-AGCN."
@@ -194,17 +226,20 @@ def _pretrain_options(p:dict, spec:dict) -> dict:
     kw['pretext_options'] = {**p['pretrain'].get('pretext_options', {}), **spec['pretrain'].get('pretext_options', {})}
     return kw
 
-def row_encoder(spec:dict, seed:int, work:Path, dataset:str='synthetic', preset:str='tiny', device=None) -> Path|None:
+def row_encoder(spec:dict, seed:int, work:Path, dataset:str='synthetic', preset:str='tiny', device=None,
+                table:str|None=None, # the table (its preset changes)
+                source:str|None=None, # the dataset pretexts learn from (None: `dataset`, with the preset's source options)
+               ) -> Path|None:
     "The checkpoint a row's cells start from (made once, found again after)."
     kind, name = spec['encoder'], encoder_name(spec)
     if kind == 'none': return None
-    p, folder = table_preset(preset), Path(work)/'encoders'/f'{name}-seed{seed}'
-    ck, corpus = folder/'last.pt', _corpus_options(p, dataset)
+    p, folder = table_preset(preset, table), Path(work)/'encoders'/f'{name}-seed{seed}'
+    ck, corpus, source = folder/'last.pt', table_corpus_options(p, dataset), source or dataset
     if kind == 'random':
         if not ck.exists(): random_encoder(ck, dataset, _backbone(p), seed, corpus, p['backbone_options'])
     elif kind == 'pretext' and not _finished(ck, p['pretrain'].get('epochs')):
-        pretrain(dataset, spec['method'], p['backbone'], snippet=spec['snippet'], preset=p['pretrain_preset'], out_dir=folder,
-                 resume=ck.exists(), corpus_options=corpus, backbone_options=p['backbone_options'], progress=False, seed=seed,
+        pretrain(source, spec['method'], p['backbone'], snippet=spec['snippet'], preset=p['pretrain_preset'], out_dir=folder,
+                 resume=ck.exists(), corpus_options=table_corpus_options(p, source, source=True), backbone_options=p['backbone_options'], progress=False, seed=seed,
                  device=device, **_pretrain_options(p, spec))
     elif kind == 'supervised' and not _finished(ck, p['supervised'].get('epochs')):
         fit_localizer(dataset, protocol='scratch', backbone=_backbone(p), train_split='pretrain', corpus_options=corpus,
@@ -231,24 +266,33 @@ def boundary_summary(predictions, # rows (video, label, start, end, score)
             'boundary recall': round(matched / total, 4) if total else math.nan}
 
 # %% ../nbs/16_tables.ipynb #0127ab87
+def official_metrics(result:dict, dataset:str) -> dict:
+    "A dataset's own metric beside mAP@tIoU: for PKU-MMD, `pkummd_map` at overlap 0.5 (mAP over actions and over videos)."
+    if not dataset.startswith('pkummd'): return {}
+    from snipnb.metrics import pkummd_map
+    m = pkummd_map(result['predictions'], result['ground_truth'], 0.5, num_classes=len(PKUMMD_CLASSES))
+    return {'PKU-MMD mAP@0.5': round(float(m['map_action']), 4), 'PKU-MMD video mAP@0.5': round(float(m['map_video']), 4)}
+
 def run_cell(cell:dict, encoder:Path|None, out:Path, dataset:str='synthetic', preset:str='tiny', device=None) -> dict:
     "One cell: the localization run of its column from its row's encoder; the cell with its metrics and time."
-    p, t0 = table_preset(preset), time.time()
+    p, t0 = table_preset(preset, cell['table']), time.time()
     spec = get_table(cell['table'])[0][cell['row']]
     protocol = 'scratch' if encoder is None else cell['protocol']
     r = run_localization(dataset=dataset, checkpoint=encoder, protocol=protocol, backbone=_backbone(p),
                          subset=cell['subset'] if dataset == 'synthetic' else None, label_fraction=cell['label_fraction'],
-                         label_seed=cell['seed'], corpus_options=_corpus_options(p, dataset),
+                         label_seed=cell['seed'], corpus_options={**(table_corpus_options(p, dataset) or {}), **cell.get('corpus', {})} or None,
                          out_dir=Path(out)/'runs'/cell_key(cell), seed=cell['seed'], progress=False, device=device,
                          backbone_options=p['backbone_options'] if encoder is None else None, **{**p['finetune'], **spec['finetune']})
     return {**cell, 'dataset': dataset, 'preset': preset, **{k: v for k, v in r['row'].items() if k.startswith(('mAP', 'acc', 'edit', 'f1'))},
-            **boundary_summary(r['result']['predictions'], r['result']['ground_truth']), 'seconds': round(time.time() - t0, 1)}
+            **official_metrics(r['result'], dataset), **boundary_summary(r['result']['predictions'], r['result']['ground_truth']),
+            'seconds': round(time.time() - t0, 1)}
 
-def _run_group(cells:list, out:Path, work:Path, dataset:str, preset:str, device, threads:int|None=None, progress=None) -> list:
+def _run_group(cells:list, out:Path, work:Path, dataset:str, preset:str, device, threads:int|None=None, progress=None,
+               source:str|None=None) -> list:
     "Make one row's encoder for one seed (in `work`), then run its cells and write their results to `out/cells` (a worker's task)."
     if threads: torch.set_num_threads(threads)
     spec = get_table(cells[0]['table'])[0][cells[0]['row']]
-    encoder, done = row_encoder(spec, cells[0]['seed'], work, dataset, preset, device), []
+    encoder, done = row_encoder(spec, cells[0]['seed'], work, dataset, preset, device, cells[0]['table'], source), []
     for c in cells:
         res = run_cell(c, encoder, work, dataset, preset, device)
         write_atomic(Path(out)/'cells'/f'{cell_key(c)}.json', json.dumps(res, indent=1))
@@ -261,23 +305,28 @@ def run_table(cells:list, out:str|Path, # the results: out/cells/<key>.json
               dataset:str='synthetic', preset:str='tiny', device=None,
               workers:int=1, # processes running groups of cells at once
               work:str|Path|None=None, # encoders and runs (checkpoints, logs); default out/work
-              progress:bool=True) -> list:
+              progress:bool=True,
+              source:str|None=None, # the dataset pretexts learn from (None: `dataset`)
+              run:bool=True, # False: run nothing, return the finished cells only (a table of what is done so far)
+             ) -> list:
     "Run every cell without a result file in `out/cells`; returns all the results, finished ones included."
     out = Path(out); (out/'cells').mkdir(parents=True, exist_ok=True)
     work = Path(work) if work else out/'work'
-    todo = [c for c in cells if not (out/'cells'/f'{cell_key(c)}.json').exists()]
+    done = lambda c: (out/'cells'/f'{cell_key(c)}.json').exists()
+    if not run: return [json.loads((out/'cells'/f'{cell_key(c)}.json').read_text()) for c in cells if done(c)]
+    todo = [c for c in cells if not done(c)]
     groups = defaultdict(list)                 # cells that start from the same encoder and seed
     for c in todo: groups[encoder_name(get_table(c['table'])[0][c['row']]), c['seed']].append(c)
     bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc='table cells', disable=not progress)
     first = {k: i for i, k in enumerate(groups)}
     groups = {k: groups[k] for k in sorted(groups, key=lambda k: (k[1], first[k]))}   # seed by seed: a whole table per seed first
     if workers <= 1:
-        for g in groups.values(): _run_group(g, out, work, dataset, preset, device, progress=bar)
+        for g in groups.values(): _run_group(g, out, work, dataset, preset, device, progress=bar, source=source)
     else:
         import concurrent.futures as cf, multiprocessing as mp, os
         threads = max(1, (os.cpu_count() or 1) // workers)
         with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context('spawn')) as pool:
-            jobs = [pool.submit(_run_group, g, out, work, dataset, preset, device, threads) for g in groups.values()]
+            jobs = [pool.submit(_run_group, g, out, work, dataset, preset, device, threads, None, source) for g in groups.values()]
             for j in cf.as_completed(jobs): bar.update(len(j.result()))
     bar.close()
     return [json.loads((out/'cells'/f'{cell_key(c)}.json').read_text()) for c in cells]
@@ -362,22 +411,34 @@ def snippet_variance(backbone, # a `SkeletonBackbone`
             'within share': within / total if total else math.nan}
 
 # %% ../nbs/16_tables.ipynb #d45b0f54
-def build_table(table:str='babel', preset:str='cpu', dataset:str='synthetic', rows=None, columns=None, subsets=None, seeds=None,
+def run_label(table:str, preset:str, dataset:str, source:str|None=None) -> str:
+    "The folder name of a table's run: the preset, then the target and source when they are not the table's default."
+    parts = [preset] + ([dataset] if dataset != TABLE_DATASETS.get(table, 'synthetic') else []) + ([f'from-{source}'] if source else [])
+    return '-'.join(parts)
+
+def build_table(table:str='babel', preset:str='cpu',
+                dataset:str|None=None, # the target (None: `TABLE_DATASETS`, else 'synthetic')
+                rows=None, columns=None, subsets=None, seeds=None, # None: the preset's (rows: else all of the table's)
                 metric:str='mAP avg', workers:int=1, device=None,
-                out:str|Path|None=None, # default results/table_<table>/<preset>
-                work:str|Path|None=None, # default <output_dir>/tables/<table>-<preset>
-                progress:bool=True) -> dict: # frame, table, tests, files, figure, out, work
+                out:str|Path|None=None, # default results/table_<table>/<run label>
+                work:str|Path|None=None, # default <output_dir>/tables/<table>-<run label>
+                progress:bool=True,
+                source:str|None=None, # the dataset pretexts learn from (None: the target, with the preset's source options)
+                run:bool=True, # False: no cell runs; the table of the cells finished so far
+               ) -> dict: # frame, table, tests, files, figure, out, work
     "Run (or resume) a results table and write it."
     from snipnb.viz import save_html
-    p = table_preset(preset)
-    cells = table_cells(table, rows, columns, subsets or p['subsets'], seeds or p['seeds'])
-    out = Path(out) if out else Path('results')/f'table_{table}'/preset
-    work = Path(work) if work else Path(get_setting('output_dir'))/'tables'/f'{table}-{preset}'
-    df = table_frame(run_table(cells, out, dataset, preset, device, workers, work, progress))
+    dataset = dataset or TABLE_DATASETS.get(table, 'synthetic')
+    p, label = table_preset(preset, table), run_label(table, preset, dataset, source)
+    cells = table_cells(table, rows or p['rows'], columns, subsets or p['subsets'], seeds or p['seeds'])
+    out = Path(out) if out else Path('results')/f'table_{table}'/label
+    work = Path(work) if work else Path(get_setting('output_dir'))/'tables'/f'{table}-{label}'
+    df = table_frame(run_table(cells, out, dataset, preset, device, workers, work, progress, source, run))
+    if df.empty: raise ValueError(f"{out/'cells'}: no finished cell of table {table} (preset {preset}) yet; run it with run=True")
     tests = baseline_tests(df, metric)
     summary = summary_table(df, metric, tests)
     files = write_table(summary, out/'table') + write_table(tests.set_index(['row', 'subset', 'column']), out/'tests')
     df.to_csv(out/'cells.csv', index=False)
-    fig = table_figure(df, metric, title=f'{table} ({dataset}, preset {preset}): {metric}, mean ± std over seeds')
+    fig = table_figure(df, metric, title=f'{table} ({dataset}{", from " + source if source else ""}, preset {preset}): {metric}, mean ± std over seeds')
     save_html(fig, work/'figure.html', plotlyjs='directory')
     return {'frame': df, 'table': summary, 'tests': tests, 'files': files + [out/'cells.csv'], 'figure': fig, 'out': out, 'work': work}

@@ -151,6 +151,16 @@ def test_real_ntu_and_pkummd_by_name_from_settings(shared_data, tmp_path, monkey
     first = np.loadtxt(shared_data/'pku_mmd/Data/Skeleton/PKU_Skeleton_Renew/0016-M.txt', max_rows=1)
     np.testing.assert_allclose(raw[0].joints[0].ravel(), first, rtol=1e-6)
 
+def test_pkummd_at_15_fps(shared_data, tmp_path):
+    "The tables' CPU preset converts PKU-MMD at half its rate: half the frames, segment boundaries halved, a cache of its own."
+    kw = dict(root=shared_data/'pku_mmd', cache_dir=tmp_path, progress=False)
+    with pytest.warns(UserWarning, match='1075 of 1076'):
+        full, half = load_corpus('pkummd', **kw), load_corpus('pkummd', fps=15, **kw)
+    assert half.path != full.path and half.lengths.tolist() == [659] and half[0].fps == 15
+    assert half[0].segments[0] == (26, 55, 77)                      # (26, 109, 154) at 30 fps: frames 2k in [109, 154)
+    assert len(half[0].segments) == len(full[0].segments)
+    np.testing.assert_allclose(half[0].joints[1], full[0].joints[2], atol=1e-6)   # frame k at 15 fps is frame 2k at 30
+
 def test_corrupt_file_refused_and_no_cache_left(shared_data, tmp_path):
     root = tmp_path/'ntu'; root.mkdir()
     good = shared_data/'ntu_rgbd/raw_skeleton/S001C001P001R001A001.skeleton'

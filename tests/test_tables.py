@@ -6,7 +6,9 @@ from conftest import run_tool
 
 pd = pytest.importorskip('pandas')
 pytest.importorskip('scipy')
-from snipnb.tables import paired_test, holm, table_cells, row_columns, get_table, BABEL_ROWS, BABEL_COLUMNS, cell_key
+from snipnb.tables import (paired_test, holm, table_cells, row_columns, get_table, table_preset, table_corpus_options, run_label,
+                           BABEL_ROWS, BABEL_COLUMNS, cell_key)
+from snipnb.synthetic import SYNTHETIC_SUBSETS
 
 def test_paired_t_against_a_hand_worked_case():
     "Differences 0.10, 0.03, 0.09: mean 0.07333, sd 0.037859, t = 3.355 on 2 df, two-sided p = 1 - t / sqrt(t^2 + 2) = 0.0785."
@@ -36,24 +38,25 @@ def test_cells_cover_every_row_and_its_columns():
     assert {(c['row'], c['column']) for c in cells} == {(r, c) for r in BABEL_ROWS for c in row_columns('babel', r)}
     assert len(cells) == len({cell_key(c) for c in cells}) == 2 * 3 * sum(len(row_columns('babel', r)) for r in BABEL_ROWS)
 
-@pytest.mark.parametrize('table', ['babel', 'ablations'])
+@pytest.mark.parametrize('table', ['babel', 'transfer', 'ablations', 'pkummd'])
 def test_table_tiny_through_papermill_and_resume(repo, tmp_path, table):
-    "A whole table with the tiny preset: every row and column in the CSVs; a second run finds every cell done and reruns none."
-    rows, columns = get_table(table)
+    "A whole table with the tiny preset on synthetic data: every row and column in the CSVs; a second run reruns no cell."
+    p, (all_rows, columns) = table_preset('tiny', table), get_table(table)
+    rows = list(p['rows'] or all_rows)
     env = {'SNIPNB_CACHE_DIR': str(tmp_path/'cache'), 'SNIPNB_OUTPUT_DIR': str(tmp_path/'outputs')}
     args = ['papermill', str(repo/'nbs'/f'table_{table}.ipynb'), str(tmp_path/'t.ipynb'), '-p', 'preset', 'tiny',
-            '-p', 'out_dir', str(tmp_path/'res'), '-p', 'device', 'cpu', '-p', 'progress', 'False']
+            '-p', 'dataset', 'synthetic', '-p', 'out_dir', str(tmp_path/'res'), '-p', 'device', 'cpu', '-p', 'progress', 'False']
     run_tool(*args, cwd=tmp_path, env=env)
     cells = pd.read_csv(tmp_path/'res'/'cells.csv')
     assert {(r, c) for r, c in zip(cells.row, cells.column)} == {(r, c) for r in rows for c in row_columns(table, r)}
-    assert cells['mAP avg'].between(0, 1).all() and (cells.seed == 0).all() and (cells.subset == 1).all()
+    assert cells['mAP avg'].between(0, 1).all() and (cells.seed == 0).all() and (cells.subset == p['subsets'][0]).all()
     summary = pd.read_csv(tmp_path/'res'/'table.csv', index_col=0)
-    assert list(summary.index) == list(rows) and list(summary.columns) == [f'1 {c}' for c in columns]
+    assert list(summary.index) == rows and list(summary.columns) == [f"{p['subsets'][0]} {c}" for c in columns]
     assert (tmp_path/'res'/'table.md').read_text().count('\n') == len(rows) + 2
     tests = pd.read_csv(tmp_path/'res'/'tests.csv')
-    expect = sum(len(row_columns(table, r)) for r, spec in rows.items() if spec['baseline'])
+    expect = sum(len(row_columns(table, r)) for r in rows if all_rows[r]['baseline'] in rows)
     assert len(tests) == expect and tests['p'].isna().all()               # one seed: no test, said as NaN, not a number
-    assert (tmp_path/'outputs'/'tables'/f'{table}-tiny'/'figure.html').exists()
+    assert (tmp_path/'outputs'/'tables'/f"{table}-{run_label(table, 'tiny', 'synthetic')}"/'figure.html').exists()
     stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path/'res'/'cells').iterdir()}
     assert len(stamps) == len(cells)
     run_tool(*args, cwd=tmp_path, env=env)
@@ -61,6 +64,16 @@ def test_table_tiny_through_papermill_and_resume(repo, tmp_path, table):
     last = cells.iloc[-1]
     done = json.loads((tmp_path/'res'/'cells'/f"{cell_key(dict(last))}.json").read_text())
     assert done['row'] == last['row'] and done['table'] == table
+
+def test_transfer_pretrains_on_the_source_domain(tmp_path):
+    "The transfer table's encoders learn from the source domain (its own cache), its cells fine-tune on the target's."
+    from snipnb.datasets import load_corpus
+    p = table_preset('tiny', 'transfer')
+    src, tgt = (load_corpus('synthetic', cache_dir=tmp_path, progress=False, **table_corpus_options(p, 'synthetic', source=s))
+                for s in (True, False))
+    assert src.path != tgt.path
+    names = lambda c: {c.class_names[l] for i in range(len(c)) for l, *_ in c[i].segments}
+    assert not names(src) & set(SYNTHETIC_SUBSETS[3]) and set(SYNTHETIC_SUBSETS[3]) <= names(tgt)
 
 def test_table_analyses_tiny_through_papermill(repo, tmp_path):
     "Table 4 with the tiny preset: boundary errors per fine-tuned row, the snippet-variance split per encoder."
