@@ -291,11 +291,27 @@ def log(self:Trainer, row:dict):
 # %% ../nbs/09_train.ipynb #435172ad
 @patch
 def _rewrite_logs(self:Trainer):
-    "Make metrics.jsonl / metrics.csv hold exactly the history (rows logged after the checkpoint are dropped)."
+    "Make metrics.jsonl / metrics.csv (and steps.jsonl) hold exactly the history (rows logged after the checkpoint are dropped)."
     if not is_main_process(): return
     for f in ('metrics.jsonl', 'metrics.csv'): (self.out_dir/f).unlink(missing_ok=True)
+    steps = self.out_dir/'steps.jsonl'
+    if steps.exists():                                      # keep the steps of the epochs the history holds
+        keep = [l for l in steps.read_text().splitlines() if l.strip() and json.loads(l)['epoch'] <= len(self.history)]
+        if keep: write_atomic(steps, '\n'.join(keep) + '\n')
+        else: steps.unlink()
     rows, self.history = self.history, []
     for row in rows: self.log(row)
+
+# %% ../nbs/09_train.ipynb #e5a1c9d2
+@patch
+def _log_steps(self:Trainer, losses:list):
+    "Append the losses of the epoch that just ended to steps.jsonl (fractional epoch, global step, loss)."
+    if not is_main_process() or not losses: return
+    n, first = len(losses), (self.epoch - 1) * self.steps_per_epoch
+    lines = ''.join(json.dumps({'epoch': round(self.epoch - 1 + (k + 1) / n, 6), 'step': first + k + 1, 'loss': l}) + '\n'
+                    for k, l in enumerate(losses))
+    self.out_dir.mkdir(parents=True, exist_ok=True)
+    with open(self.out_dir/'steps.jsonl', 'a') as f: f.write(lines)
 
 # %% ../nbs/09_train.ipynb #49c14ba2
 def _check_same_model(path:Path, saved:dict, current:dict):
@@ -378,10 +394,11 @@ def _train_batch(self:Trainer, batch, epoch:int, amp:bool) -> dict:
 # %% ../nbs/09_train.ipynb #fba3d10d
 def _accumulate(run:dict, # an epoch's running sums (`_new_progress`)
                 out:dict, batch, batch_size:int):
-    "Add one step's outputs and clips to the epoch's running sums."
+    "Add one step's outputs and clips to the epoch's running sums; keep the step's loss (for `steps.jsonl`)."
     run['steps'] += 1
     run['clips'] += len(batch['x']) if isinstance(batch, dict) and 'x' in batch else batch_size
     for k, v in out.items(): run['sums'][k] = run['sums'].get(k, 0.) + float(v.detach() if torch.is_tensor(v) else v)
+    run.setdefault('losses', []).append(float(out['loss'].detach() if torch.is_tensor(out['loss']) else out['loss']))   # steps.jsonl
 
 # %% ../nbs/09_train.ipynb #72d43398
 @patch
@@ -415,6 +432,7 @@ def _end_epoch(self:Trainer, run:dict, # the epoch's running sums
            'lr': self.optimizer.param_groups[0]['lr'], 'seconds': round(seconds, 3),
            'clips_per_s': round(run['clips'] * self.world / max(seconds, 1e-9), 2)}
     self.log(row)
+    self._log_steps(run.get('losses', []))
     if self.epoch % cfg.checkpoint_every == 0 or self.epoch == cfg.epochs: self.save()
 
 # %% ../nbs/09_train.ipynb #6d10a8d4

@@ -568,15 +568,23 @@ def read_history(path) -> list:
 # %% ../nbs/13_viz.ipynb #1b26c14c
 NOT_LOSSES = ('epoch', 'step', 'lr', 'seconds', 'clips_per_s')
 
-def loss_curves(history, # rows of metrics.jsonl (dicts with 'epoch' and losses), or its path
+def loss_curves(history, # rows of metrics.jsonl (dicts with 'epoch' and losses), or its path (a run folder)
                 keys=None, # which columns (default: every number but epoch/step/lr/time)
                 x:str='epoch', lr:bool=True, # learning rate on a second axis
-                title:str|None=None, height:int=380) -> go.Figure:
-    "Loss curves of a training run."
+                title:str|None=None, height:int=380,
+                steps=None, # per-step rows (epoch as a fraction, loss); default: the run folder's steps.jsonl, if any
+               ) -> go.Figure:
+    "Loss curves of a training run: the per-step loss (when logged) under the per-epoch means."
     rows = read_history(history) if isinstance(history, (str, Path)) else list(history)
     if not rows: raise ValueError("empty training history")
+    if steps is None and isinstance(history, (str, Path)) and x == 'epoch':
+        folder = Path(history) if Path(history).is_dir() else Path(history).parent
+        steps = read_history(folder/'steps.jsonl') if (folder/'steps.jsonl').is_file() else None
     keys = keys or [k for k in rows[-1] if k not in NOT_LOSSES and isinstance(rows[-1][k], (int, float))]
     fig = make_subplots(specs=[[{'secondary_y': lr and 'lr' in rows[-1]}]])
+    if steps:
+        fig.add_trace(go.Scatter(x=[r['epoch'] for r in steps], y=[r['loss'] for r in steps], mode='lines', name='loss per step',
+                                 line=dict(width=1, color='rgba(99,110,250,0.35)')))
     for k in keys:
         fig.add_trace(go.Scatter(x=[r.get(x) for r in rows], y=[r.get(k) for r in rows], mode='lines+markers', name=k))
     if lr and 'lr' in rows[-1]:

@@ -229,6 +229,9 @@ def _check_interrupted_run_logs_like_uninterrupted(tmp_path, kill, every_steps):
     assert torch.equal(resumed.model.weight, full.model.weight)
     (fj, _), (cj, cc) = _rows(tmp_path/'full'), _rows(cut)
     assert [r['epoch'] for r in cj] == [1, 2, 3]                                  # each epoch logged once
+    steps = lambda d: [json.loads(l) for l in (d/'steps.jsonl').read_text().splitlines()]
+    assert steps(cut) == steps(tmp_path/'full')                                    # every step's loss once, as uninterrupted
+    assert len(steps(cut)) == 3 * resumed.steps_per_epoch and steps(cut)[-1]['epoch'] == 3
     for a, b in zip(fj, cj):                                                       # mean over ALL the epoch's steps
         assert a.keys() == b.keys(), (a, b)
         for k in a: assert b[k] == pytest.approx(a[k], rel=1e-12), (k, a, b)
