@@ -353,10 +353,12 @@ def baseline_tests(df:'pd.DataFrame', metric:str='mAP avg') -> 'pd.DataFrame':
 
 # %% ../nbs/16_tables.ipynb #e71d5e03
 def summary_table(df:'pd.DataFrame', metric:str='mAP avg', tests:'pd.DataFrame|None'=None, alpha:float=0.05) -> 'pd.DataFrame':
-    "mean ± std over seeds of `metric`, rows x (subset, column), in the table's order; tested cells marked by `tests`."
+    "mean ± std over seeds of `metric`, rows x (subset, column), in the table's order; tested cells marked by `tests`; (n=k): fewer seeds."
     import pandas as pd
-    def cell(v):
-        return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else f"{v.mean():.3f}"
+    most = df.groupby(['row', 'subset', 'column'])[metric].count().max()
+    def cell(v):                                  # a cell with fewer seeds than the table's most says how many
+        return ((f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else f"{v.mean():.3f}")
+                + (f" (n={len(v)})" if len(v) < most else ''))
     t = df.groupby(['row', 'subset', 'column'], sort=False)[metric].agg(cell).unstack(['subset', 'column'])
     if tests is not None:
         for _, r in tests.iterrows():
