@@ -22,5 +22,6 @@ from .contrastive import build_pretext, preset_config, PRESETS
 from .train import Trainer, TrainConfig, pretrained_backbone
 from . import metrics
 from .protocols import localize, predict_probs, load_localizer
+from .stream import StreamingLocalizer
 from .experiments import pretrain, fit_localizer, evaluate, run_localization
 from .viz import skeleton_figure, timeline_figure, Explorer, save_html

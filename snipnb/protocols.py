@@ -21,9 +21,10 @@ from .contrastive import upcast
 
 # %% auto #0
 __all__ = ['PROTOCOLS', 'PAPER_THRESHOLDS', 'DECODERS', 'SELECTIONS', 'frame_loss', 'sequence_batches', 'FrozenBackbone',
-           'frame_features', 'KNNLocalizer', 'build_protocol_model', 'edge_weights', 'window_batches', 'predict_probs',
-           'inference_window', 'recording_features', 'runs', 'nms', 'decode_paper', 'decode_argmax', 'decode_official',
-           'localize', 'validation_split', 'selection_record', 'SelectingTrainer', 'load_localizer']
+           'frame_features', 'KNNLocalizer', 'build_protocol_model', 'edge_weights', 'window_batches', 'resolve_window',
+           'predict_probs', 'inference_window', 'recording_features', 'runs', 'nms', 'proposal', 'decode_paper',
+           'decode_argmax', 'decode_official', 'localize', 'validation_split', 'selection_record', 'SelectingTrainer',
+           'load_localizer']
 
 # %% ../nbs/11_protocols.ipynb #c1200e79
 def frame_loss(logits:Tensor, # (N, T, K+1)
@@ -161,7 +162,7 @@ def window_batches(joints:np.ndarray, # (T, M, V, C) one recording
         yield st, torch.as_tensor(clip_tensor(joints, st, window)[0], device=device)
 
 # %% ../nbs/11_protocols.ipynb #538397b5
-def _resolve_window(T:int, # frames of the recording
+def resolve_window(T:int, # frames of the recording
                     window:int|str, overlap:int|None) -> tuple: # (window, overlap) in frames
     "'whole' is one window over the T frames; `overlap` defaults to half a window and must be in [0, window)."
     if window == 'whole': window, overlap = T, 0
@@ -180,7 +181,7 @@ def predict_probs(model:nn.Module, # a localizer: (N, C, T, V, M) -> (N, T, K+1)
     joints = joints.joints if isinstance(joints, Sequence) else np.asarray(joints, np.float32)
     device = get_device(device); model = model.to(device).eval()
     T = len(joints)
-    window, overlap = _resolve_window(T, window, overlap)
+    window, overlap = resolve_window(T, window, overlap)
     starts = window_starts(T, window, window - overlap)
     w = torch.as_tensor(edge_weights(window, overlap // 2), device=device)
     acc, norm = None, torch.zeros(T, device=device)
@@ -262,7 +263,7 @@ def _frame_probs(probs, # (T, K+1) frame probabilities
     return probs
 
 # %% ../nbs/11_protocols.ipynb #f3dda80b
-def _proposal(cas:np.ndarray, # (T,) one class's frame probabilities
+def proposal(cas:np.ndarray, # (T,) one class's frame probabilities
               s:int, e:int, # the run [s, e) above a threshold
               margin:float, margin_weight:float, official:bool) -> tuple: # (end, score)
     "End (exclusive) and score of the proposal of the run [s, e)."
@@ -293,7 +294,7 @@ def decode_paper(probs:np.ndarray, # (T, K+1) frame probabilities, column 0 = ba
         for thr in thresholds:
             for s, e in runs(cas > thr):
                 if e - s < min_len: continue
-                end, score = _proposal(cas, s, e, margin, margin_weight, official)
+                end, score = proposal(cas, s, e, margin, margin_weight, official)
                 props.append((c, s, end, score))
         out += nms(props, nms_threshold, 'ioa', official)
     return out
