@@ -23,5 +23,6 @@ from .train import Trainer, TrainConfig, pretrained_backbone
 from . import metrics
 from .protocols import localize, predict_probs, load_localizer
 from .stream import StreamingLocalizer
+from .export import export_localizer, ExportedLocalizer, localize_files
 from .experiments import pretrain, fit_localizer, evaluate, run_localization
 from .viz import skeleton_figure, timeline_figure, Explorer, save_html
