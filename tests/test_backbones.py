@@ -190,7 +190,10 @@ def test_benchmark_notebook_runs_under_papermill(repo, tmp_path):
     run_tool('papermill', str(repo/'nbs'/'benchmark.ipynb'), str(tmp_path/'bench.ipynb'), '--cwd', str(tmp_path),
              '-p', 'device', 'cpu', '-p', 'batch', '2', '-p', 'T', '12', '-p', 'backbones', 'stgcn16',
              '-p', 'dtypes', 'fp32', '-p', 'modes', 'eager', '-p', 'warmup', '1', '-p', 'iters', '1',
-             '-p', 'out_dir', str(tmp_path/'out'), cwd=tmp_path)
+             '-p', 'out_dir', str(tmp_path/'out'), '-p', 'stream_minutes', '0.2', '-p', 'stream_chunk', '30',
+             '-p', 'latency_minutes', '0.05', '-p', 'stream_window', '32', cwd=tmp_path)
+    stream = json.loads((tmp_path/'out'/'stream_benchmark.json').read_text())['rows']
+    assert [(r['chunk'], r['frames']) for r in stream] == [(30, 360), (1, 90)] and all(r['held_frames_max'] > 0 for r in stream)
     rows = json.loads((tmp_path/'out'/'benchmark.json').read_text())['rows']
     assert [(r['backbone'], r['dtype'], r['mode'], r['params']) for r in rows] == [('stgcn16', 'fp32', 'eager', REFERENCE_PARAMS['stgcn16', (5, 8)])]
     assert (tmp_path/'out'/'benchmark.csv').read_text().startswith('backbone,')

@@ -62,3 +62,12 @@ def test_memory_stays_bounded_on_a_long_stream(test_split):
     first = max(h for h, _ in held[0])
     assert max(h for h, _ in held[1] + held[2]) <= first + 64 < s.n / 5   # held: history + window + the open actions, not the stream
     assert max(f for _, f in held[0] + held[1] + held[2]) <= 64 + 30        # raw frames: a window and a chunk
+
+def test_live_notebook_under_papermill(repo, tmp_path):
+    "The live notebook trains a small localizer, streams a test recording and writes the replay as standalone HTML."
+    from conftest import run_tool
+    env = {'SNIPNB_CACHE_DIR': str(tmp_path/'cache')}
+    run_tool('papermill', str(repo/'nbs'/'live.ipynb'), str(tmp_path/'live.ipynb'), '-p', 'epochs', '1', '-p', 'max_steps', '2',
+             '-p', 'device', 'cpu', '-p', 'out_dir', str(tmp_path/'out'), cwd=tmp_path, env=env)
+    html = (tmp_path/'out'/'stream.html').read_text()
+    assert 'Plotly.addFrames' in html and 'frames received' in html        # the replay's frames and slider
