@@ -91,9 +91,9 @@ ABLATION_COLUMNS = {'linear': ('linear', 1.0), 'finetune': ('finetune', 1.0)}
 _SNIPCLR = dict(encoder='pretext', method='rvtclr', snippet=True, baseline='rvtclr+snippet')
 ABLATION_ROWS = {
     'scratch': table_row('none', columns=('finetune',)),
-    'scratch, no U-fusion': table_row('none', columns=('finetune',), baseline='scratch', finetune={'ufusion': False}),
+    'scratch (no U-fusion)': table_row('none', columns=('finetune',), baseline='scratch', finetune={'ufusion': False}),
     **{f'{m}+snippet': table_row('pretext', m, True, columns=('finetune',) if m != 'rvtclr' else None) for m in PRETEXT_METHODS},
-    **{f'{m}+snippet, no U-fusion': table_row('pretext', m, True, baseline=f'{m}+snippet', columns=('finetune',),
+    **{f'{m}+snippet (no U-fusion)': table_row('pretext', m, True, baseline=f'{m}+snippet', columns=('finetune',),
                                               finetune={'ufusion': False}) for m in PRETEXT_METHODS},
     'snippet grid 4': table_row(**_SNIPCLR, pretrain={'t_grid': 4}),
     'snippet grid 8': table_row(**_SNIPCLR, pretrain={'t_grid': 8}),
