@@ -33,6 +33,8 @@ def test_round_trip_within_1e4_on_several_lengths(tmp_path, suffix):
     for T in (20, 64, 97, 301, 1000):                          # shorter than a window, one, several, many
         j = rng.normal(size=(T, 1, 25, 3)).astype(np.float32)
         np.testing.assert_allclose(predict_probs(ex, j, 64, device='cpu'), predict_probs(m, j, 64, device='cpu'), atol=1e-4)
+        x = torch.as_tensor(j).permute(3, 0, 2, 1)[None]          # the whole recording in one pass: the time axis is dynamic
+        with torch.no_grad(): np.testing.assert_allclose(ex(x).numpy(), m(x).numpy(), atol=1e-4)
     assert read_metadata(tmp_path/f'm{suffix}')['class_names'] == list(m.class_names)
 
 def test_onnx_loads_without_snipnb(tmp_path):
@@ -59,22 +61,25 @@ print(float(np.abs(out - np.load({str(tmp_path/'ref.npy')!r})).max()))
     assert float(res.stdout.strip().splitlines()[-1]) < 1e-4
 
 def test_localize_command_on_the_real_pkummd_sample(shared_data, tmp_path, repo):
-    "snipnb-localize with an export and with a checkpoint: the three outputs; a corrupt file is named and the rest still done."
+    "snipnb-localize with an export and with a checkpoint: the three outputs; corrupt and foreign files named, the rest still done."
     m = _model(len(PKUMMD_CLASSES), 2, 100, ('background', *PKUMMD_CLASSES))
     skel = shared_data/'pku_mmd/Data/Skeleton/PKU_Skeleton_Renew/0016-M.txt'
     bad = tmp_path/'in'/'0099-L.txt'; bad.parent.mkdir()
     bad.write_text(' '.join(['0.1'] * 150) + '\n' + ' '.join(['0.1'] * 149) + ' x\n')
-    for model in (export_localizer(m, tmp_path/'m.onnx'), _checkpoint(m, tmp_path/'last.pt')):
-        out = tmp_path/f'out-{model.suffix[1:]}'
-        res = run_tool('snipnb-localize', str(model), str(skel), str(bad.parent), '--out', str(out), '--no-progress', '--decoding', 'argmax',   # untrained: below the paper thresholds
-                       cwd=tmp_path, check=False)
-        assert res.returncode == 1 and '0099-L.txt' in res.stderr, res.stderr[-2000:]
+    coco = shared_data/'pyskl'/'example_UCF101_skeleton.pkl'               # 2-D COCO-17 keypoints: not what the model takes
+    for model, decoding in ((export_localizer(m, tmp_path/'m.onnx'), 'argmax'), (_checkpoint(m, tmp_path/'last.pt'), 'argmax'),
+                            (tmp_path/'m.onnx', 'paper')):                  # untrained: below the paper thresholds, no segment
+        out = tmp_path/f'out-{model.suffix[1:]}-{decoding}'
+        res = run_tool('snipnb-localize', str(model), str(skel), str(bad.parent), str(coco), '--out', str(out), '--no-progress',
+                       '--decoding', decoding, cwd=tmp_path, check=False)
+        assert res.returncode == 1 and '0099-L.txt' in res.stderr and 'example_UCF101_skeleton.pkl' in res.stderr, res.stderr[-2000:]
         seg = json.loads((out/'segments.json').read_text())
-        assert list(seg['failed']) == [str(bad)] and seg['segments'], seg['failed']
-        assert {s['recording'] for s in seg['segments']} == {'0016-M'} and all(0 <= s['start'] < s['end'] <= 1318 for s in seg['segments'])
+        assert sorted(seg['failed']) == sorted([str(bad), str(coco)]) and '17 joints' in seg['failed'][str(coco)]
         assert (out/'segments.csv').read_text().splitlines()[0] == 'file,recording,label,class,start,end,score'
-        rows = (out/'pkummd'/'0016-M.txt').read_text().splitlines()
+        rows = (out/'pkummd'/'0016-M.txt').read_text().splitlines()           # a proposal file even with no segment
         assert len(rows) == len(seg['segments']) and all(len(r.split(',')) == 4 for r in rows)
+        assert all(s['recording'] == '0016-M' and 0 <= s['start'] < s['end'] <= 1318 for s in seg['segments'])
+        assert bool(seg['segments']) == (decoding == 'argmax')
 
 def test_export_refuses_a_knn_probe_and_unknown_formats(tmp_path):
     from snipnb.protocols import KNNLocalizer

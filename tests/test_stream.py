@@ -71,3 +71,20 @@ def test_live_notebook_under_papermill(repo, tmp_path):
              '-p', 'device', 'cpu', '-p', 'out_dir', str(tmp_path/'out'), cwd=tmp_path, env=env)
     html = (tmp_path/'out'/'stream.html').read_text()
     assert 'Plotly.addFrames' in html and 'frames received' in html        # the replay's frames and slider
+
+def test_segments_come_out_during_the_stream_within_the_stated_latency(test_split):
+    "Pushed frame by frame, segments leave before the flush, each within max_latency of its run's end; a one-window stream too."
+    from snipnb.protocols import predict_probs, runs
+    model = Toy(test_split.num_classes).eval()
+    joints = test_split[3].joints
+    P = predict_probs(model, joints, 64, device='cpu')
+    s, early = StreamingLocalizer(model, window=64, device='cpu'), 0
+    thr = min(s._decode_options()['thresholds'])
+    for t in range(len(joints)):
+        for l, a, b, sc in s.push(joints[t]):
+            e, L = next((e, e - r) for r, e in runs(P[:, l] > thr) if r <= a and b <= e)
+            assert t + 1 - e <= s.max_latency(L); early += 1
+    assert early > 0.8 * (early + len(s.flush()))
+    one = joints[:64]                                                        # exactly one window: no end window to add
+    assert sorted(_stream(model, one, 10, window=64, device='cpu')) == sorted(localize(model, one, window=64, device='cpu'))
+    with pytest.raises(ValueError, match='history'): StreamingLocalizer(model, window=64, history=-1)
