@@ -9,7 +9,7 @@ with fewer seeds than the table's most says n=k), then the paired tests of each 
 """
 import json, sys
 from pathlib import Path
-from snipnb.tables import build_table, TABLE_PRESETS
+from snipnb.tables import build_table, summary_table, baseline_tests
 
 def folders(args):
     root = Path('results')
@@ -26,13 +26,14 @@ def main(args):
         metric = 'PKU-MMD mAP@0.5' if dataset.startswith('pkummd') else 'mAP avg'
         metrics = [metric] + (['mAP avg'] if metric != 'mAP avg' else []) + ['accuracy', 'boundary error']
         print(f"\n### {table} ({dataset}, preset {preset}{', ' + label if label != preset else ''}): {len(cells)} cells, seeds {seeds}\n")
-        built = {m: build_table(table, preset, dataset, seeds=seeds, metric=m, out=folder, progress=False, run=False)
-                 for m in metrics[::-1]}            # the table's own metric last: its files are the ones left in the folder
-        for m in metrics:
-            t = built[m]['table'].copy()
+        built = build_table(table, preset, dataset, seeds=seeds, metric=metrics[0], out=folder, progress=False, run=False)
+        df = built['frame']
+        for m in metrics:                                 # one read of the cells; the other metrics from the same frame
+            t = built['table'] if m == metrics[0] else summary_table(df, m, baseline_tests(df, m))
+            t = t.copy()
             t.columns = [f'{s}: {c}' if len(set(x[0] for x in t.columns)) > 1 else c for s, c in t.columns]
             print(f"{m}:\n\n{t.to_markdown()}\n")
-        tests = built[metrics[0]]['tests'].dropna(subset=['p'])
+        tests = built['tests'].dropna(subset=['p'])
         if len(tests):
             cols = ['row', 'baseline', 'column', 'n', 'diff', 't', 'p', 'p_holm', 'ci_low', 'ci_high']
             print(f"paired tests ({metrics[0]}):\n\n{tests[cols].round(4).to_markdown(index=False)}\n")
